@@ -1,0 +1,279 @@
+"""Server and channel construction with the options chosen on purpose.
+
+Options (both daemons):
+- message size: data travels in ~1 MiB chunks, so 16 MiB per message is
+  plenty and bounds what a hostile client can make us allocate per message;
+- keepalive: a ping every 30 s on idle connections finds dead peers behind
+  NATs and half-open TCP without waiting for the kernel's 2-hour timer;
+- flow control: gRPC's BDP probing sizes HTTP/2 windows dynamically; fixed
+  windows measured no faster on loopback, so it stays on;
+- SO_REUSEPORT off: two daemons must never silently share a port;
+- concurrency: at most `max_workers` RPCs at once, more are refused with
+  RESOURCE_EXHAUSTED instead of queueing behind long-lived streams.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+_COMMON_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+SERVER_OPTIONS = _COMMON_OPTIONS + [
+    ("grpc.so_reuseport", 0),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+]
+CHANNEL_OPTIONS = _COMMON_OPTIONS + [
+    ("grpc.enable_retries", 0),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2_000),
+]
+
+# Probes (Kubernetes grpc:, grpc_health_probe) and grpcurl's listing cannot
+# send a token; these methods reveal nothing but liveness and the schema.
+UNAUTHENTICATED_PREFIXES = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+class InsecureListenError(ValueError):
+    """A daemon was asked to listen beyond loopback without TLS."""
+
+
+@dataclass(frozen=True)
+class Security:
+    """Auth token and TLS material, loaded once from files."""
+
+    token: str | None = None
+    tls_cert: bytes | None = None
+    tls_key: bytes | None = None
+    tls_ca: bytes | None = None
+    insecure: bool = False
+
+    @classmethod
+    def from_files(
+        cls,
+        token_file: str | None = None,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        tls_ca: str | None = None,
+        insecure: bool = False,
+    ) -> Security:
+        token = Path(token_file).read_text().strip() if token_file else None
+        if token_file and not token:
+            raise ValueError(f"token file {token_file} is empty")
+        if bool(tls_cert) != bool(tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        return cls(
+            token=token,
+            tls_cert=Path(tls_cert).read_bytes() if tls_cert else None,
+            tls_key=Path(tls_key).read_bytes() if tls_key else None,
+            tls_ca=Path(tls_ca).read_bytes() if tls_ca else None,
+            insecure=insecure,
+        )
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def describe(self) -> str:
+        parts = ["token" if self.token else "no token"]
+        if self.tls:
+            parts.append("mTLS" if self.tls_ca else "TLS")
+        else:
+            parts.append("plaintext")
+        return ", ".join(parts)
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"address {address!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def check_listen_address(address: str, security: Security) -> None:
+    host, _ = split_host_port(address)
+    if not is_loopback(host) and not security.tls and not security.insecure:
+        raise InsecureListenError(
+            f"refusing to listen on {address} without TLS: traffic would be readable and "
+            "forgeable by anyone on the network. Give --tls-cert/--tls-key (and --tls-ca for "
+            "mutual TLS), listen on 127.0.0.1, or pass --insecure if the network is trusted."
+        )
+
+
+def _abort_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
+    def abort(_request, context: grpc.ServicerContext):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(abort)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(abort)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(abort)
+    return grpc.unary_unary_rpc_method_handler(abort)
+
+
+class TokenAuthInterceptor(grpc.ServerInterceptor):
+    """Checks `authorization: Bearer <token>` on every RPC but health/reflection."""
+
+    def __init__(self, token: str):
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler_call_details.method.startswith(UNAUTHENTICATED_PREFIXES):
+            return handler
+        metadata = dict(handler_call_details.invocation_metadata or ())
+        presented = metadata.get("authorization", "")
+        if isinstance(presented, str):
+            presented = presented.encode()
+        if not hmac.compare_digest(presented, self._expected):
+            reason = "missing" if not presented else "wrong"
+            return _abort_handler(
+                handler, f"{reason} auth token: pass the run's shared secret (--token-file)"
+            )
+        return handler
+
+
+class _TokenClientInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    def __init__(self, token: str):
+        self._metadata = ("authorization", f"Bearer {token}")
+
+    def _details(self, details):
+        metadata = list(details.metadata or ()) + [self._metadata]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, details, request_iterator):
+        return continuation(self._details(details), request_iterator)
+
+
+def make_channel(target: str, security: Security | None = None) -> grpc.Channel:
+    security = security or Security()
+    if security.tls or security.tls_ca:
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=security.tls_ca,
+            private_key=security.tls_key,
+            certificate_chain=security.tls_cert,
+        )
+        channel = grpc.secure_channel(target, creds, options=CHANNEL_OPTIONS)
+    else:
+        channel = grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
+    if security.token:
+        channel = grpc.intercept_channel(channel, _TokenClientInterceptor(security.token))
+    return channel
+
+
+@dataclass
+class ServerHandle:
+    server: grpc.Server
+    port: int
+    address: str
+    health: health.HealthServicer
+    services: list[str]
+
+    def set_serving(self, serving: bool) -> None:
+        """Sets the whole server ("") and each of its services."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ["", *self.services]:
+            self.health.set(name, status)
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait(grace + 1.0)
+
+
+def start_server(
+    listen: str,
+    security: Security,
+    register: Callable[[grpc.Server], Sequence[str]],
+    max_workers: int = 64,
+) -> ServerHandle:
+    """Bind, register services (`register` returns their full names), add
+    health (NOT_SERVING until the caller says otherwise) and reflection."""
+    check_listen_address(listen, security)
+    interceptors = [TokenAuthInterceptor(security.token)] if security.token else []
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
+        interceptors=interceptors,
+        options=SERVER_OPTIONS,
+        maximum_concurrent_rpcs=max_workers,
+    )
+    service_names = list(register(server))
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ["", *service_names]:
+        health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )
+    if security.tls:
+        creds = grpc.ssl_server_credentials(
+            [(security.tls_key, security.tls_cert)],
+            root_certificates=security.tls_ca,
+            require_client_auth=security.tls_ca is not None,
+        )
+        port = server.add_secure_port(listen, creds)
+    else:
+        port = server.add_insecure_port(listen)
+    if port == 0:
+        raise OSError(f"could not bind {listen}: address in use or not available")
+    server.start()
+    host, _ = split_host_port(listen)
+    advertised = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
+    if ":" in advertised:
+        advertised = f"[{advertised}]"
+    log.info("listening on %s:%d (%s)", advertised, port, security.describe())
+    return ServerHandle(server, port, f"{advertised}:{port}", health_servicer, service_names)
