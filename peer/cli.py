@@ -1,0 +1,189 @@
+"""`dasgd-peer`: run a peer, ask a running one, or start a local cluster."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+
+import grpc
+from google.protobuf import json_format
+
+from dasgd.v1 import peer_pb2, peer_pb2_grpc
+from peer.config import add_flags, load_config
+from rpc import Security, make_channel
+from rpc.server import InsecureListenError
+
+
+def _client_security_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--peer", required=True, help="HOST:PORT of a running peer")
+    parser.add_argument("--token-file", default="", help="file holding the run's shared secret")
+    parser.add_argument("--tls-cert", default="")
+    parser.add_argument("--tls-key", default="")
+    parser.add_argument("--tls-ca", default="", help="CA to verify the peer (enables TLS)")
+    parser.add_argument("--timeout", type=float, default=5.0)
+
+
+def _client_channel(args: argparse.Namespace) -> grpc.Channel:
+    security = Security.from_files(
+        args.token_file or None, args.tls_cert or None, args.tls_key or None, args.tls_ca or None
+    )
+    return make_channel(args.peer, security)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from peer.daemon import PeerDaemon
+
+    config = load_config(args)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger(__name__).info("config:\n%s", config.describe())
+    try:
+        daemon = PeerDaemon(config)
+        daemon.start()
+    except (InsecureListenError, ValueError, OSError) as error:
+        print(f"dasgd-peer: {error}", file=sys.stderr)
+        return 2
+    except grpc.RpcError as error:
+        print(f"dasgd-peer: bootstrap refused us: {error.details()}", file=sys.stderr)
+        return 2
+    print(f"peer {daemon.member_id} listening on {daemon.address}", flush=True)
+
+    def on_signal(signum, frame):
+        daemon.request_leave()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    daemon.wait()
+    daemon.shutdown()
+    return 0
+
+
+def _format_status(status: peer_pb2.StatusResponse) -> str:
+    s = status.staleness
+    lines = [
+        f"peer      {status.id}  run {status.run_id}  at {status.address}  ({status.state})",
+        f"training  {status.workload} / {status.strategy}: step {status.step}, "
+        f"loss {status.loss:.4f}, accuracy {status.accuracy:.4f}, "
+        f"{status.samples_per_s:.0f} samples/s",
+        f"updates   applied {status.updates_applied}, rejected {status.updates_rejected}; "
+        f"bytes sent {status.bytes_sent}, received {status.bytes_received}",
+        f"staleness avg {s.avg:.2f}  max {s.max}  p50 {s.p50:.1f}  p95 {s.p95:.1f}  "
+        f"p99 {s.p99:.1f}  (n={s.count})",
+        "",
+        f"{'neighbor':<14}{'address':<22}{'queue':>6}{'sent':>8}{'applied':>9}"
+        f"{'dropped':>9}{'coalesced':>10}{'errors':>8}{'stale avg':>10}{'max':>6}",
+    ]
+    for n in status.neighbors:
+        lines.append(
+            f"{n.id:<14}{n.address:<22}{n.queue_depth:>6}{n.updates_sent:>8}"
+            f"{n.updates_applied:>9}{n.dropped:>9}{n.coalesced:>10}{n.send_errors:>8}"
+            f"{n.staleness.avg:>10.2f}{n.staleness.max:>6}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _client_channel(args) as channel:
+        status = peer_pb2_grpc.PeerStub(channel).Status(
+            peer_pb2.StatusRequest(), timeout=args.timeout
+        )
+    if args.json:
+        print(json_format.MessageToJson(status, always_print_fields_with_no_presence=True))
+    else:
+        print(_format_status(status))
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    with _client_channel(args) as channel:
+        response = peer_pb2_grpc.PeerStub(channel).ListPeers(
+            peer_pb2.ListPeersRequest(), timeout=args.timeout
+        )
+    if args.json:
+        print(json.dumps([json_format.MessageToDict(m) for m in response.members], indent=2))
+    else:
+        for m in sorted(response.members, key=lambda m: m.id):
+            print(f"{m.id:<14}{m.address:<24}{m.run_id}")
+    return 0
+
+
+def cmd_leave(args: argparse.Namespace) -> int:
+    with _client_channel(args) as channel:
+        peer_pb2_grpc.PeerStub(channel).Leave(peer_pb2.LeaveNowRequest(), timeout=args.timeout)
+    print(f"{args.peer} is leaving")
+    return 0
+
+
+def cmd_local(args: argparse.Namespace) -> int:
+    from peer.local import run_local
+
+    return run_local(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dasgd-peer", description="Decentralized training peer (no parameter server)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a peer daemon")
+    add_flags(run)
+    run.set_defaults(func=cmd_run)
+
+    for name, func, help_text in (
+        ("status", cmd_status, "show a running peer's status"),
+        ("peers", cmd_peers, "list the members a running peer knows"),
+        ("leave", cmd_leave, "ask a running peer to shut down gracefully"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        _client_security_flags(p)
+        if name in ("status", "peers"):
+            p.add_argument("--json", action="store_true", help="print JSON")
+        p.set_defaults(func=func)
+
+    local = sub.add_parser(
+        "local", help="start a bootstrap and N peers on loopback and train to a target"
+    )
+    local.add_argument("--peers", type=int, default=4)
+    local.add_argument("--target-accuracy", type=float, default=0.95)
+    local.add_argument("--max-seconds", type=float, default=120.0)
+    local.add_argument("--summary-json", default="", help="write the summary here")
+    local.add_argument("--plot", default="", help="write a PNG of accuracy over time here")
+    local.add_argument("--slowdowns", default="", help="per-peer step-delay factors, e.g. 4,1,1,1")
+    local.add_argument("--ttl", type=float, default=5.0, help="bootstrap lease TTL")
+    local.add_argument("--quiet", action="store_true", help="no live progress")
+    local.add_argument("--log-dir", default="", help="keep each daemon's log here")
+    add_flags(
+        local,
+        exclude=(
+            "bootstrap",
+            "listen",
+            "advertise",
+            "shard",
+            "slowdown",
+            "member_id",
+            "metrics_port",
+        ),
+    )
+    local.set_defaults(func=cmd_local)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except grpc.RpcError as error:
+        print(f"dasgd-peer: {error.code().name}: {error.details()}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "main"
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""One typed config for the peer, from a TOML file, `DASGD_*` environment
+variables and flags, in rising order of precedence. Printed in full at
+start-up with secrets masked, so a log says exactly what ran."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import tomllib
+
+
+def _opt(default: Any, help: str, **extra: Any) -> Any:
+    return field(default=default, metadata={"help": help, **extra})
+
+
+@dataclass
+class PeerConfig:
+    bootstrap: str = _opt("127.0.0.1:7000", "bootstrap HOST:PORT")
+    listen: str = _opt("127.0.0.1:0", "HOST:PORT to serve on (port 0: any free port)")
+    advertise: str = _opt("", "HOST:PORT other peers reach us at (default: the bound address)")
+    run_id: str = _opt("default", "run to join; runs are isolated from each other")
+    member_id: str = _opt("", "identity to join with (default: kept in the checkpoint, or new)")
+    workload: str = _opt("digits-mlp", "built-in workload name or module:factory")
+    strategy: str = _opt("dasgd", "training strategy")
+    shard: str = _opt("0/1", "I/N: train on shard I of N")
+    learning_rate: float = _opt(0.0, "override the workload's learning rate (0: keep)")
+    broadcast_every: int = _opt(1, "dasgd: send the summed gradient every k local steps")
+    window: int = _opt(0, "communication window (lambda or tau) for window-based strategies")
+    rho: float = _opt(5.0, "easgd/aeasgd: elastic force rho (alpha = lr * rho)")
+    round_timeout_s: float = _opt(2.0, "synchronous strategies: deadline of a round")
+    topology: str = _opt("all", "neighbor choice: all, ring, random-k, exponential")
+    fanout: int = _opt(2, "random-k: number of neighbors")
+    compression: str = _opt("raw", "tensor codec on the wire: raw, fp16, bf16")
+    chunk_kib: int = _opt(1024, "data chunk size on the wire, KiB")
+    queue_size: int = _opt(8, "per-neighbor send queue bound (then coalesce/drop)")
+    inbox_size: int = _opt(256, "received updates waiting to be applied (then backpressure)")
+    step_delay_ms: float = _opt(0.0, "sleep this long after each step (emulate a slower device)")
+    slowdown: float = _opt(1.0, "multiply --step-delay-ms by this factor")
+    eval_every: int = _opt(10, "evaluate on the test split every N local steps")
+    min_members: int = _opt(1, "wait until this many members (self included) joined to step")
+    min_members_timeout_s: float = _opt(60.0, "stop waiting for --min-members after this long")
+    max_steps: int = _opt(0, "stop after this many local steps (0: run until stopped)")
+    checkpoint_dir: str = _opt("", "directory for checkpoints (empty: no checkpoints)")
+    checkpoint_every_steps: int = _opt(500, "checkpoint every N local steps")
+    checkpoint_every_s: float = _opt(30.0, "checkpoint at least every S seconds")
+    warm_start: bool = _opt(True, "pull the model from a neighbor when joining a running network")
+    token_file: str = _opt("", "file holding the run's shared secret", secret=True)
+    tls_cert: str = _opt("", "TLS certificate (PEM)")
+    tls_key: str = _opt("", "TLS private key (PEM)")
+    tls_ca: str = _opt("", "CA bundle to verify others (and require client certs: mTLS)")
+    insecure: bool = _opt(False, "allow plaintext on a non-loopback address")
+    metrics_port: int = _opt(-1, "Prometheus metrics port (-1: off, 0: any free port)")
+    log_level: str = _opt("INFO", "DEBUG, INFO, WARNING, ERROR")
+
+    def shard_pair(self) -> tuple[int, int]:
+        index, sep, count = self.shard.partition("/")
+        try:
+            i, n = int(index), int(count)
+        except ValueError:
+            raise ValueError(f"--shard {self.shard!r}: expected I/N, e.g. 0/4") from None
+        if not sep or n < 1 or not 0 <= i < n:
+            raise ValueError(f"--shard {self.shard!r}: need 0 <= I < N")
+        return i, n
+
+    def describe(self) -> str:
+        lines = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.metadata.get("secret") and value:
+                value = "***"
+            lines.append(f"  {f.name} = {value!r}")
+        return "\n".join(lines)
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    kind = type(f.default)
+    if kind is bool and isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return kind(value)
+
+
+def add_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """Adds one flag per field; unset flags stay absent so lower layers show through."""
+    parser.add_argument("--config", help="TOML file with any of these settings")
+    for f in dataclasses.fields(PeerConfig):
+        if f.name in exclude:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            parser.add_argument(
+                flag,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=f.metadata["help"],
+            )
+        else:
+            parser.add_argument(
+                flag,
+                type=type(f.default),
+                default=argparse.SUPPRESS,
+                help=f"{f.metadata['help']} (default: {f.default!r})",
+            )
+
+
+def load_config(args: argparse.Namespace | None = None, environ: dict | None = None) -> PeerConfig:
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    fields = {f.name: f for f in dataclasses.fields(PeerConfig)}
+    config_file = getattr(args, "config", None) or environ.get("DASGD_CONFIG")
+    if config_file:
+        with open(config_file, "rb") as fh:
+            table = tomllib.load(fh)
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name not in fields:
+                raise ValueError(f"{config_file}: unknown setting {key!r}")
+            values[name] = _coerce(fields[name], value)
+    for name, f in fields.items():
+        env = environ.get("DASGD_" + name.upper())
+        if env is not None:
+            values[name] = _coerce(f, env)
+    for name in fields:
+        if args is not None and hasattr(args, name):
+            values[name] = getattr(args, name)
+    return PeerConfig(**values)

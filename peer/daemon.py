@@ -1,0 +1,396 @@
+"""The peer daemon: wires config, workload, strategy, trainer, transport and
+membership together, and owns start-up and shutdown order."""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Sequence
+
+import grpc
+import numpy as np
+import torch
+
+from dasgd.v1 import membership_pb2, peer_pb2, peer_pb2_grpc
+from peer import __version__
+from peer.codec import TensorSpec
+from peer.config import PeerConfig
+from peer.membership import MembershipClient
+from peer.staleness import StalenessSummary
+from peer.strategies import (
+    Incoming,
+    Outgoing,
+    StrategyContext,
+    make_strategy,
+    strategy_parameters,
+)
+from peer.strategies.base import CENTER, MODEL
+from peer.topology import neighbors as choose_neighbors
+from peer.trainer import Trainer
+from peer.transport import Outbox, PeerServicer, pull_model
+from peer.workloads import load_workload
+from rpc import Security, ServerHandle, make_channel, start_server
+
+log = logging.getLogger(__name__)
+
+MAX_UPDATE_BYTES = 4 << 30
+
+
+def _staleness_pb(summary: StalenessSummary) -> peer_pb2.StalenessStats:
+    return peer_pb2.StalenessStats(**summary.as_dict())
+
+
+class PeerDaemon:
+    def __init__(self, config: PeerConfig, security: Security | None = None):
+        self.config = config
+        self.security = security or Security.from_files(
+            config.token_file or None,
+            config.tls_cert or None,
+            config.tls_key or None,
+            config.tls_ca or None,
+            config.insecure,
+        )
+        self.run_id = config.run_id
+        self.member_id = config.member_id
+        self.state = "STARTING"
+        self.started_at = time.time()
+        self.stopped = threading.Event()
+        self._leave_requested = threading.Event()
+        self._members: dict[str, membership_pb2.Member] = {}
+        self._members_lock = threading.Lock()
+        self._last_refresh = 0.0
+        self.rejected: dict[str, int] = {}
+        self.server: ServerHandle | None = None
+        self.membership: MembershipClient | None = None
+
+        torch.set_num_threads(1)
+        shard_index, shard_count = config.shard_pair()
+        self.workload = load_workload(
+            config.workload, shard_index, shard_count, config.learning_rate or None
+        )
+        self.specs = [
+            TensorSpec(name, tuple(p.shape), str(p.dtype).removeprefix("torch."))
+            for name, p in self.workload.model.named_parameters()
+        ]
+        self.max_update_bytes = MAX_UPDATE_BYTES
+        self.context = StrategyContext(
+            member_id=self.member_id, model=self.workload.model, optimizer=self.workload.optimizer
+        )
+        self.strategy = make_strategy(config.strategy, self.context, **self._strategy_options())
+        self.accepts = self.strategy.accepts
+        self.trainer = Trainer(
+            member_id=self.member_id,
+            workload=self.workload,
+            strategy=self.strategy,
+            send=self._send,
+            inbox_size=config.inbox_size,
+            eval_every=config.eval_every,
+            step_delay_s=config.step_delay_ms * config.slowdown / 1000.0,
+            max_steps=config.max_steps,
+        )
+        self.outbox: Outbox | None = None
+        self.servicer = PeerServicer(self, chunk_bytes=config.chunk_kib * 1024)
+
+    def _strategy_options(self) -> dict:
+        """The config's strategy settings that the chosen strategy takes."""
+        c = self.config
+        options = {
+            "broadcast_every": c.broadcast_every,
+            "window": c.window,
+            "rho": c.rho,
+            "round_timeout_s": c.round_timeout_s,
+        }
+        return {k: v for k, v in options.items() if k in strategy_parameters(c.strategy)}
+
+    # --- start-up -----------------------------------------------------------
+    def start(self, join_timeout_s: float = 30.0) -> None:
+        self.server = start_server(
+            self.config.listen, self.security, self._register, max_workers=64
+        )
+        self.address = self.config.advertise or self.server.address
+        self.membership = MembershipClient(
+            make_channel(self.config.bootstrap, self.security),
+            self.run_id,
+            self.address,
+            self.member_id,
+            on_change=self._on_members,
+            labels={"workload": self.config.workload, "strategy": self.config.strategy},
+        )
+        joined = self.membership.join_with_retry(deadline_s=join_timeout_s)
+        if not joined:
+            log.warning(
+                "bootstrap %s unreachable; training alone until it answers", self.config.bootstrap
+            )
+            if not self.member_id:
+                self.member_id = f"p-{random.getrandbits(32):08x}"
+                self.membership.member_id = self.member_id
+        self.member_id = self.membership.member_id
+        self.context.member_id = self.member_id
+        self.trainer.member_id = self.member_id
+        self.trainer.clock.owner = self.member_id
+        self.outbox = Outbox(
+            self.run_id,
+            self.member_id,
+            self.address,
+            lambda address: make_channel(address, self.security),
+            self.specs,
+            codec_name=self.config.compression,
+            max_queue=self.config.queue_size,
+            chunk_bytes=self.config.chunk_kib * 1024,
+        )
+        self._on_members(self._member_list())
+        self.server.set_serving(True)
+        self._wait_for_members()
+        if self.config.warm_start:
+            self._warm_start()
+        self.trainer.start()
+        self.membership.start()
+        threading.Thread(target=self._maintenance, name="maintenance", daemon=True).start()
+        self.state = "TRAINING"
+        log.info("peer %s of run %s serving on %s", self.member_id, self.run_id, self.address)
+
+    def _wait_for_members(self) -> None:
+        """Lets a cluster that is launched together start stepping together."""
+        wanted = self.config.min_members
+        end = time.monotonic() + self.config.min_members_timeout_s
+        while len(self._member_list()) < wanted and not self._leave_requested.is_set():
+            if time.monotonic() > end:
+                log.warning(
+                    "only %d of %d members after %.0fs; starting anyway",
+                    len(self._member_list()),
+                    wanted,
+                    self.config.min_members_timeout_s,
+                )
+                return
+            try:
+                self._on_members(self.membership.list_members(timeout=2.0))
+            except grpc.RpcError:
+                pass
+            time.sleep(0.05)
+
+    def _register(self, server: grpc.Server) -> list[str]:
+        peer_pb2_grpc.add_PeerServicer_to_server(self.servicer, server)
+        return [peer_pb2.DESCRIPTOR.services_by_name["Peer"].full_name]
+
+    def _warm_start(self) -> None:
+        """Joining a network that already trains: start from a neighbor's model."""
+        for member in self._member_list():
+            if member.id == self.member_id:
+                continue
+            try:
+                channel = make_channel(member.address, self.security)
+                with channel:
+                    status = peer_pb2_grpc.PeerStub(channel).Status(
+                        peer_pb2.StatusRequest(), timeout=2.0
+                    )
+                    if status.step == 0:
+                        continue
+                    arrays, clock = pull_model(
+                        channel, self.run_id, self.member_id, self.specs, MODEL
+                    )
+                    center = None
+                    if CENTER in self.accepts or hasattr(self.strategy, "center_replica"):
+                        try:
+                            center, _ = pull_model(
+                                channel, self.run_id, self.member_id, self.specs, CENTER
+                            )
+                        except grpc.RpcError:
+                            center = None
+            except (grpc.RpcError, ValueError) as error:
+                log.info("warm start from %s failed: %s", member.id, error)
+                continue
+            self.strategy.load_model(arrays, center)
+            for owner, count in clock.items():
+                if owner != self.member_id:
+                    self.trainer.clock.entries[owner] = max(
+                        count, self.trainer.clock.entries.get(owner, 0)
+                    )
+            log.info("warm-started from %s at its step %d", member.id, status.step)
+            return
+
+    # --- membership -----------------------------------------------------------
+    def _member_list(self) -> list[membership_pb2.Member]:
+        with self._members_lock:
+            return list(self._members.values())
+
+    def _on_members(self, members: Sequence[membership_pb2.Member]) -> None:
+        """Authoritative list from the bootstrap."""
+        with self._members_lock:
+            self._members = {m.id: m for m in members if m.run_id in ("", self.run_id)}
+        self._update_neighbors()
+
+    def learn_members(self, members: Sequence[membership_pb2.Member]) -> None:
+        """Peer exchange: adds members others know (never removes)."""
+        changed = False
+        with self._members_lock:
+            for m in members:
+                if m.run_id in ("", self.run_id) and m.id and m.id not in self._members:
+                    self._members[m.id] = m
+                    changed = True
+        if changed:
+            self._update_neighbors()
+
+    def _update_neighbors(self) -> None:
+        if self.outbox is None:
+            return
+        members = {m.id: m.address for m in self._member_list() if m.id != self.member_id}
+        chosen = choose_neighbors(
+            self.config.topology, self.member_id, list(members), fanout=self.config.fanout
+        )
+        self.outbox.set_neighbors({mid: members[mid] for mid in chosen})
+        self.context.neighbors = chosen
+        self.context.members = sorted(members)
+
+    def is_member(self, member_id: str) -> bool:
+        with self._members_lock:
+            if member_id in self._members:
+                return True
+        # A member that joined a moment ago may push before its watch event
+        # reaches us: ask the bootstrap once (rate-limited) before refusing.
+        now = time.monotonic()
+        if self.membership is not None and now - self._last_refresh > 0.5:
+            self._last_refresh = now
+            try:
+                self._on_members(self.membership.list_members(timeout=2.0))
+            except grpc.RpcError:
+                return False
+            with self._members_lock:
+                return member_id in self._members
+        return False
+
+    def members(self) -> list[membership_pb2.Member]:
+        return self._member_list()
+
+    def _maintenance(self) -> None:
+        """Peer exchange while the bootstrap is away."""
+        while not self.stopped.wait(2.0):
+            if self.membership is None or self.membership.connected:
+                continue
+            others = [m for m in self._member_list() if m.id != self.member_id]
+            if not others:
+                continue
+            member = random.choice(others)
+            try:
+                with make_channel(member.address, self.security) as channel:
+                    response = peer_pb2_grpc.PeerStub(channel).ListPeers(
+                        peer_pb2.ListPeersRequest(run_id=self.run_id, known=self._member_list()),
+                        timeout=2.0,
+                    )
+                self.learn_members(response.members)
+            except grpc.RpcError:
+                pass
+
+    # --- data path ------------------------------------------------------------
+    def _send(self, message: Outgoing, clock: dict[str, int]) -> None:
+        if self.outbox is not None:
+            self.outbox.send(
+                message.kind, message.arrays, clock, message.clock_ticks, message.round, message.to
+            )
+
+    def deliver(self, update: Incoming) -> bool:
+        try:
+            self.trainer.inbox.put(update, timeout=10.0)
+            return True
+        except Exception:
+            return False
+
+    def snapshot(self, kind: str) -> tuple[list[np.ndarray], dict[str, int]]:
+        def take():
+            arrays = self.strategy.snapshot(kind)
+            if arrays is None:
+                raise LookupError(f"strategy {self.strategy.name} has no {kind}")
+            return arrays, self.trainer.clock.snapshot()
+
+        return self.trainer.call(take)
+
+    def count_rejection(self, code: grpc.StatusCode) -> None:
+        self.rejected[code.name] = self.rejected.get(code.name, 0) + 1
+
+    # --- status -----------------------------------------------------------------
+    def status(self) -> peer_pb2.StatusResponse:
+        trainer = self.trainer
+        stats = trainer.stats
+        neighbors = []
+        staleness_by_sender = dict(trainer.staleness.by_sender)
+        members = {m.id: m.address for m in self._member_list()}
+        for sender in self.outbox.senders() if self.outbox else []:
+            window = staleness_by_sender.get(sender.member_id)
+            neighbors.append(
+                peer_pb2.NeighborStatus(
+                    id=sender.member_id,
+                    address=sender.address,
+                    queue_depth=sender.queue_depth,
+                    updates_sent=sender.stats.sent,
+                    bytes_sent=sender.stats.bytes_sent,
+                    updates_applied=trainer.applied_by_sender.get(sender.member_id, 0),
+                    dropped=sender.stats.dropped,
+                    coalesced=sender.stats.coalesced,
+                    send_errors=sender.stats.errors,
+                    staleness=_staleness_pb(window.summary() if window else StalenessSummary()),
+                )
+            )
+        listed = {n.id for n in neighbors}
+        for sender_id, window in staleness_by_sender.items():
+            if sender_id not in listed:  # receives from it without sending to it
+                neighbors.append(
+                    peer_pb2.NeighborStatus(
+                        id=sender_id,
+                        address=members.get(sender_id, ""),
+                        updates_applied=trainer.applied_by_sender.get(sender_id, 0),
+                        staleness=_staleness_pb(window.summary()),
+                    )
+                )
+        return peer_pb2.StatusResponse(
+            id=self.member_id,
+            run_id=self.run_id,
+            address=getattr(self, "address", ""),
+            strategy=self.config.strategy,
+            workload=self.config.workload,
+            state=self.state,
+            step=stats.step,
+            loss=stats.loss,
+            accuracy=stats.accuracy,
+            accuracy_at=stats.accuracy_at,
+            staleness=_staleness_pb(trainer.staleness.overall.summary()),
+            neighbors=neighbors,
+            updates_applied=stats.updates_applied,
+            updates_rejected=sum(self.rejected.values()),
+            bytes_sent=sum(n.bytes_sent for n in neighbors),
+            bytes_received=self.servicer.bytes_received,
+            vector_clock=trainer.clock.snapshot(),
+            samples_per_s=trainer.samples_per_s(),
+            uptime_s=time.time() - self.started_at,
+            membership_version=self.membership.version if self.membership else 0,
+            version=__version__,
+            first_step_at=stats.first_step_at,
+        )
+
+    # --- shutdown ---------------------------------------------------------------
+    def request_leave(self) -> None:
+        self._leave_requested.set()
+
+    def wait(self) -> None:
+        """Blocks until asked to leave (Leave RPC) or the trainer finished."""
+        while not self._leave_requested.wait(0.2):
+            if not self.trainer.running:
+                break
+
+    def shutdown(self, flush_timeout_s: float = 3.0) -> None:
+        """SIGTERM path: NOT_SERVING, stop stepping, flush, Leave, stop server."""
+        if self.stopped.is_set():
+            return
+        self.state = "DRAINING"
+        if self.server is not None:
+            self.server.set_serving(False)
+        self.trainer.stop()
+        if self.outbox is not None:
+            self.outbox.close(flush_timeout_s)
+        if self.membership is not None:
+            self.membership.leave()
+            self.membership.stop()
+        self.stopped.set()
+        if self.server is not None:
+            self.server.stop(grace=1.0)
+        log.info("peer %s stopped", self.member_id)

@@ -1,0 +1,390 @@
+"""`dasgd-peer local`: the one-command cluster. A bootstrap and N peer
+processes on 127.0.0.1 (real processes, real sockets), live progress, a
+summary table, a JSON summary and a plot. Children run in their own process
+groups and are always cleaned up, Ctrl-C and errors included."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from dasgd.v1 import peer_pb2, peer_pb2_grpc
+from peer.config import PeerConfig
+from rpc import Security, make_channel
+
+# Flags of `local` that are not passed to each `run` as they are.
+LOCAL_ONLY = {"run_id", "log_level", "min_members"}
+
+
+@dataclass
+class Child:
+    name: str
+    process: subprocess.Popen
+    log_path: Path
+    address: str = ""
+    member_id: str = ""
+
+
+@dataclass
+class PeerTrack:
+    child: Child
+    slowdown: float
+    history: list[tuple[float, float, int]] = field(default_factory=list)  # (t, acc, step)
+    reached_at: float | None = None
+    first_step_at: float | None = None
+    last: peer_pb2.StatusResponse | None = None
+
+
+def _passthrough_flags(args: argparse.Namespace) -> list[str]:
+    flags = []
+    for f in dataclasses.fields(PeerConfig):
+        if f.name in LOCAL_ONLY or not hasattr(args, f.name):
+            continue
+        value = getattr(args, f.name)
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else "--no-" + f.name.replace("_", "-"))
+        else:
+            flags += [flag, str(value)]
+    if getattr(args, "config", None):
+        flags += ["--config", args.config]
+    return flags
+
+
+def _spawn(name: str, argv: list[str], log_dir: Path) -> Child:
+    log_path = log_dir / f"{name}.log"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    process = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=open(log_path, "wb"),  # noqa: SIM115 (owned by the child)
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        env=env,
+        text=True,
+    )
+    return Child(name, process, log_path)
+
+
+def _read_address(child: Child, marker: str, timeout: float) -> str:
+    """Waits for the child's `... listening on HOST:PORT` line."""
+    result: list[str] = []
+
+    def reader():
+        for line in child.process.stdout:
+            if marker in line:
+                result.append(line.strip())
+                break
+        # Keep draining so the child never blocks on a full pipe.
+        for _ in child.process.stdout:
+            pass
+
+    threading.Thread(target=reader, daemon=True).start()
+    end = time.monotonic() + timeout
+    while not result:
+        if child.process.poll() is not None:
+            raise RuntimeError(
+                f"{child.name} exited with {child.process.returncode} during start-up; "
+                f"log: {child.log_path}\n{_tail(child.log_path)}"
+            )
+        if time.monotonic() > end:
+            raise RuntimeError(
+                f"{child.name} did not start within {timeout:.0f}s; log: {child.log_path}"
+            )
+        time.sleep(0.02)
+    words = result[0].split()
+    return words[-1]
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return ""
+
+
+def _terminate(children: list[Child], timeout: float = 10.0) -> None:
+    for child in children:
+        if child.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.process.pid, signal.SIGTERM)
+    end = time.monotonic() + timeout
+    for child in children:
+        remaining = max(0.1, end - time.monotonic())
+        try:
+            child.process.wait(remaining)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.process.pid, signal.SIGKILL)
+            child.process.wait(5)
+
+
+def _summary(tracks: list[PeerTrack], args: argparse.Namespace, launch: float, end: float) -> dict:
+    statuses = [t.last for t in tracks if t.last is not None]
+    counts = [s.staleness.count for s in statuses]
+    total = sum(counts)
+    reached = all(t.reached_at is not None for t in tracks)
+    all_stepping = (
+        max(t.first_step_at for t in tracks) if all(t.first_step_at for t in tracks) else None
+    )
+    reached_at = max(t.reached_at for t in tracks) if reached else None
+    return {
+        "strategy": args.strategy,
+        "workload": args.workload,
+        "peers": len(tracks),
+        "target_accuracy": args.target_accuracy,
+        "reached_target": reached,
+        "setup_s": None if all_stepping is None else round(all_stepping - launch, 3),
+        "time_to_target_s": None if reached_at is None else round(reached_at - launch, 3),
+        "time_to_target_from_all_stepping_s": (
+            None
+            if reached_at is None or all_stepping is None
+            else round(reached_at - all_stepping, 3)
+        ),
+        "final_accuracy": [round(t.last.accuracy, 4) if t.last else None for t in tracks],
+        "steps": [t.last.step if t.last else 0 for t in tracks],
+        "slowdowns": [t.slowdown for t in tracks],
+        "staleness": {
+            "avg": round(sum(s.staleness.avg * s.staleness.count for s in statuses) / total, 3)
+            if total
+            else 0.0,
+            "max": max((s.staleness.max for s in statuses), default=0),
+            "p95": max((s.staleness.p95 for s in statuses), default=0.0),
+            "per_peer": [
+                {"avg": round(s.staleness.avg, 3), "max": s.staleness.max, "p95": s.staleness.p95}
+                for s in statuses
+            ],
+        },
+        "bytes_sent": sum(s.bytes_sent for s in statuses),
+        "updates_applied": sum(s.updates_applied for s in statuses),
+        "wall_s": round(end - launch, 3),
+    }
+
+
+def _print_table(tracks: list[PeerTrack], summary: dict, launch: float) -> None:
+    print()
+    print(
+        f"{'peer':<6}{'id':<13}{'slow':>5}{'steps':>8}{'accuracy':>10}{'reached_s':>11}"
+        f"{'stale_avg':>10}{'stale_max':>10}{'applied':>9}{'sent_MB':>9}"
+    )
+    for i, t in enumerate(tracks):
+        s = t.last
+        if s is None:
+            print(f"p{i:<5}(no status)")
+            continue
+        reached = f"{t.reached_at - launch:.1f}" if t.reached_at else "-"
+        print(
+            f"p{i:<5}{s.id:<13}{t.slowdown:>5g}{s.step:>8}{s.accuracy:>10.4f}{reached:>11}"
+            f"{s.staleness.avg:>10.2f}{s.staleness.max:>10}{s.updates_applied:>9}"
+            f"{s.bytes_sent / 1e6:>9.1f}"
+        )
+    verdict = "reached" if summary["reached_target"] else "did NOT reach"
+    print(
+        f"\n{summary['peers']} peers, {summary['strategy']} on {summary['workload']}: {verdict} "
+        f"{summary['target_accuracy']:.2%} "
+        + (f"in {summary['time_to_target_s']:.1f}s " if summary["reached_target"] else "")
+        + f"(setup {summary['setup_s']}s, wall {summary['wall_s']:.1f}s); staleness avg "
+        f"{summary['staleness']['avg']}, max {summary['staleness']['max']}, "
+        f"p95 {summary['staleness']['p95']}"
+    )
+
+
+def write_plot(tracks: list[PeerTrack], summary: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, t in enumerate(tracks):
+        if t.history:
+            xs, ys, _ = zip(*t.history)
+            label = f"p{i} ({t.last.id if t.last else '?'})" + (
+                f", {t.slowdown:g}x slower" if t.slowdown != 1 else ""
+            )
+            ax.plot(xs, ys, label=label, linewidth=1.5)
+    ax.axhline(
+        summary["target_accuracy"],
+        color="grey",
+        linestyle="--",
+        linewidth=1,
+        label=f"target {summary['target_accuracy']:.0%}",
+    )
+    ax.set_xlabel("seconds since launch")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1.0)
+    ax.set_title(
+        f"{summary['strategy']} on {summary['workload']}, {summary['peers']} peers "
+        f"(staleness avg {summary['staleness']['avg']}, max "
+        f"{summary['staleness']['max']})"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _prepare_workload(name: str) -> None:
+    """Builds shared caches once here instead of in every child."""
+    if name.startswith("digits-"):
+        from peer.workloads.digits import load_split
+
+        load_split()
+
+
+def run_local(args: argparse.Namespace) -> int:
+    launch = time.time()
+    n = args.peers
+    if n < 1:
+        print("dasgd-peer local: --peers must be >= 1", file=sys.stderr)
+        return 2
+    slowdowns = [float(x) for x in args.slowdowns.split(",")] if args.slowdowns else [1.0] * n
+    if len(slowdowns) != n:
+        print(
+            f"dasgd-peer local: --slowdowns has {len(slowdowns)} factors for {n} peers",
+            file=sys.stderr,
+        )
+        return 2
+    workload = getattr(args, "workload", "digits-mlp")
+    args.workload = workload
+    args.strategy = getattr(args, "strategy", "dasgd")
+    run_id = getattr(args, "run_id", None) or f"local-{uuid.uuid4().hex[:6]}"
+    log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="dasgd-local-"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_workload(workload)
+
+    children: list[Child] = []
+    interrupted = threading.Event()
+
+    def on_signal(signum, frame):
+        interrupted.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    security = Security.from_files(getattr(args, "token_file", None) or None)
+    try:
+        bootstrap = _spawn(
+            "bootstrap",
+            [
+                sys.executable,
+                "-m",
+                "bootstrap.cli",
+                "run",
+                "--listen",
+                "127.0.0.1:0",
+                "--ttl",
+                str(args.ttl),
+            ]
+            + (["--token-file", args.token_file] if getattr(args, "token_file", "") else []),
+            log_dir,
+        )
+        children.append(bootstrap)
+        bootstrap.address = _read_address(bootstrap, "listening on", 30)
+        common = [
+            sys.executable,
+            "-m",
+            "peer.cli",
+            "run",
+            "--bootstrap",
+            bootstrap.address,
+            "--listen",
+            "127.0.0.1:0",
+            "--run-id",
+            run_id,
+            "--log-level",
+            getattr(args, "log_level", "INFO"),
+            "--min-members",
+            str(n),
+        ]
+        common += _passthrough_flags(args)
+        peers = []
+        for i in range(n):
+            child = _spawn(
+                f"peer{i}",
+                common + ["--shard", f"{i}/{n}", "--slowdown", str(slowdowns[i])],
+                log_dir,
+            )
+            children.append(child)
+            peers.append(child)
+        for child in peers:
+            child.address = _read_address(child, "listening on", 60)
+        tracks = [PeerTrack(child, slowdowns[i]) for i, child in enumerate(peers)]
+        if not args.quiet:
+            print(
+                f"{n} peers of run {run_id} up ({time.time() - launch:.1f}s); logs in {log_dir}",
+                flush=True,
+            )
+        stubs = [peer_pb2_grpc.PeerStub(make_channel(c.address, security)) for c in peers]
+        end = launch + args.max_seconds
+        last_print = 0.0
+        while time.time() < end and not interrupted.is_set():
+            for track, stub in zip(tracks, stubs):
+                try:
+                    status = stub.Status(peer_pb2.StatusRequest(), timeout=2.0)
+                except grpc.RpcError:
+                    continue
+                track.last = status
+                track.child.member_id = status.id
+                if status.first_step_at and track.first_step_at is None:
+                    track.first_step_at = status.first_step_at
+                if status.accuracy_at and (
+                    not track.history or track.history[-1][0] != status.accuracy_at - launch
+                ):
+                    track.history.append(
+                        (status.accuracy_at - launch, status.accuracy, status.step)
+                    )
+                    if track.reached_at is None and status.accuracy >= args.target_accuracy:
+                        track.reached_at = status.accuracy_at
+            if not args.quiet and time.time() - last_print >= 1.0:
+                last_print = time.time()
+                cells = []
+                for i, t in enumerate(tracks):
+                    s = t.last
+                    cells.append(
+                        f"p{i} {s.step:>5} {s.accuracy:.3f} S{s.staleness.avg:.1f}"
+                        if s
+                        else f"p{i}   ..."
+                    )
+                print(f"[{time.time() - launch:6.1f}s] " + " | ".join(cells), flush=True)
+            dead = [t.child.name for t in tracks if t.child.process.poll() is not None]
+            if dead and not args.quiet and time.time() - last_print < 0.01:
+                print(f"  exited: {', '.join(dead)}", flush=True)
+            if all(t.reached_at is not None for t in tracks):
+                break
+            time.sleep(0.2)
+        finished = time.time()
+        summary = _summary(tracks, args, launch, finished)
+        _print_table(tracks, summary, launch)
+        if args.summary_json:
+            Path(args.summary_json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.summary_json).write_text(json.dumps(summary, indent=2) + "\n")
+            print(f"summary: {args.summary_json}")
+        if args.plot:
+            write_plot(tracks, summary, args.plot)
+            print(f"plot:    {args.plot}")
+        if interrupted.is_set():
+            print("interrupted", file=sys.stderr)
+            return 130
+        return 0 if summary["reached_target"] else 1
+    except RuntimeError as error:
+        print(f"dasgd-peer local: {error}", file=sys.stderr)
+        return 1
+    finally:
+        _terminate([c for c in children if c.name != "bootstrap"])
+        _terminate([c for c in children if c.name == "bootstrap"])
+        for s, handler in previous.items():
+            signal.signal(s, handler)

@@ -1,0 +1,113 @@
+"""The contract between the training loop and a strategy.
+
+The trainer owns the model and calls, from its one thread:
+  after_local_step(step)  right after the optimizer applied a local gradient;
+                          returns the messages to send;
+  apply(update)           for each received update, before the next step;
+  on_idle(now)            between steps, so synchronous strategies can close
+                          a round whose deadline passed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+# Update kinds, as named on the wire (dasgd.v1.UpdateKind).
+GRADIENT = "GRADIENT"
+DELTA = "DELTA"
+MODEL = "MODEL"
+CENTER_COMMIT = "CENTER_COMMIT"
+CENTER = "CENTER"
+ROUND_MODEL = "ROUND_MODEL"
+
+
+@dataclass
+class Outgoing:
+    kind: str
+    arrays: list[np.ndarray]
+    # How many of the sender's own clock units this message carries (e.g. the
+    # number of local gradients summed into it).
+    clock_ticks: int = 1
+    round: int = 0
+    # None: every neighbor; otherwise the member id to send to.
+    to: str | None = None
+
+
+@dataclass
+class Incoming:
+    kind: str
+    sender: str
+    arrays: list[np.ndarray]
+    clock: dict[str, int] = field(default_factory=dict)
+    clock_ticks: int = 1
+    round: int = 0
+    staleness: int = 0  # filled in by the trainer from the vector clocks
+
+
+@dataclass
+class StrategyContext:
+    member_id: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    # Ids of the current neighbors (whom we send to) and of all other members;
+    # the daemon replaces these lists when membership changes.
+    neighbors: list[str] = field(default_factory=list)
+    members: list[str] = field(default_factory=list)
+
+
+class Strategy:
+    name = "base"
+    # Kinds this strategy accepts from the wire; others are rejected on receipt.
+    accepts: frozenset[str] = frozenset()
+    # True: the peer's own clock advances once per local step (its gradients
+    # are the updates); False: once per message it sends (commits, rounds).
+    clock_per_step = True
+
+    def __init__(self, context: StrategyContext):
+        self.context = context
+        self.params = [p for p in context.model.parameters()]
+
+    def after_local_step(self, step: int) -> list[Outgoing]:
+        return []
+
+    def apply(self, update: Incoming) -> bool:
+        """Applies a received update; returns False if it was discarded."""
+        raise NotImplementedError
+
+    def on_idle(self, now: float) -> list[Outgoing]:
+        return []
+
+    def state_dict(self) -> dict:
+        """Extra state to checkpoint (center replica, accumulators)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def snapshot(self, kind: str) -> list[np.ndarray] | None:
+        """What a Pull of `kind` returns: the model, or the center replica."""
+        return self.model_arrays() if kind == MODEL else None
+
+    def load_model(self, model: list[np.ndarray], center: list[np.ndarray] | None) -> None:
+        """Warm start: adopt a neighbor's model (and center replica, if any)."""
+        self.set_model(model)
+
+    # Helpers shared by strategies.
+    def set_model(self, arrays: list[np.ndarray]) -> None:
+        with torch.no_grad():
+            for p, a in zip(self.params, arrays):
+                p.copy_(torch.from_numpy(np.asarray(a)))
+
+    def model_arrays(self) -> list[np.ndarray]:
+        return [p.detach().numpy().copy() for p in self.params]
+
+    def step_with_gradient(self, gradients: list[np.ndarray]) -> None:
+        """Runs the optimizer with `gradients` as if they were computed here."""
+        optimizer = self.context.optimizer
+        for p, g in zip(self.params, gradients):
+            p.grad = torch.from_numpy(g)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,44 @@
+"""Decentralized asynchronous SGD (Tosi & Theobald, arXiv:2309.03754).
+
+Each peer applies its own gradient at once, sums gradients, and every
+`broadcast_every` steps sends the sum to its neighbors, who apply it through
+their own optimizer before their next step. No locks, rounds or central copy.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from peer.strategies.base import GRADIENT, Incoming, Outgoing, Strategy, StrategyContext
+
+
+class DASGD(Strategy):
+    name = "dasgd"
+    accepts = frozenset({GRADIENT})
+
+    def __init__(self, context: StrategyContext, broadcast_every: int = 1):
+        super().__init__(context)
+        if broadcast_every < 1:
+            raise ValueError("--broadcast-every must be >= 1")
+        self.broadcast_every = broadcast_every
+        self._accumulated: list[np.ndarray] | None = None
+        self._steps_accumulated = 0
+
+    def after_local_step(self, step: int) -> list[Outgoing]:
+        # The optimizer already applied p.grad locally; keep it for the neighbors.
+        grads = [p.grad.detach().numpy() for p in self.params]
+        if self._accumulated is None:
+            self._accumulated = [g.copy() for g in grads]
+        else:
+            for acc, g in zip(self._accumulated, grads):
+                acc += g
+        self._steps_accumulated += 1
+        if self._steps_accumulated < self.broadcast_every:
+            return []
+        message = Outgoing(GRADIENT, self._accumulated, clock_ticks=self._steps_accumulated)
+        self._accumulated, self._steps_accumulated = None, 0
+        return [message]
+
+    def apply(self, update: Incoming) -> bool:
+        self.step_with_gradient(update.arrays)
+        return True

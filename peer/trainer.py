@@ -1,0 +1,211 @@
+"""The training loop. One thread owns the model: it drains the inbox, applies
+received updates, takes a local step, and hands what the strategy wants sent
+to the transport, which never blocks it. Nothing else writes parameters, so
+there are no locks on them; other threads that need the model (Pull,
+checkpoints) ask the loop to run a function for them between steps."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from peer.staleness import StalenessTracker, VectorClock
+from peer.strategies import Incoming, Outgoing, Strategy
+from peer.workloads import Workload
+
+log = logging.getLogger(__name__)
+
+SendFn = Callable[[Outgoing, dict[str, int]], None]
+
+
+@dataclass
+class TrainerStats:
+    step: int = 0
+    loss: float = float("nan")
+    accuracy: float = 0.0
+    eval_loss: float = float("nan")
+    accuracy_at: float = 0.0
+    first_step_at: float = 0.0
+    samples: int = 0
+    updates_applied: int = 0
+    updates_discarded: int = 0
+
+
+class Trainer:
+    def __init__(
+        self,
+        member_id: str,
+        workload: Workload,
+        strategy: Strategy,
+        send: SendFn,
+        inbox_size: int = 256,
+        eval_every: int = 10,
+        step_delay_s: float = 0.0,
+        max_steps: int = 0,
+        clock: VectorClock | None = None,
+    ):
+        self.member_id = member_id
+        self.workload = workload
+        self.strategy = strategy
+        self.send = send
+        self.inbox: queue.Queue[Incoming] = queue.Queue(maxsize=inbox_size)
+        self.eval_every = eval_every
+        self.step_delay_s = step_delay_s
+        self.max_steps = max_steps
+        self.clock = clock or VectorClock(member_id)
+        self.staleness = StalenessTracker()
+        self.applied_by_sender: dict[str, int] = {}
+        self.stats = TrainerStats()
+        self._requests: queue.SimpleQueue[tuple[Callable[[], object], Future]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self._paused = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop_owner: int | None = None
+
+    # --- lifecycle -------------------------------------------------------
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="trainer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def pause(self, paused: bool) -> None:
+        """Stops taking local steps (updates are still applied)."""
+        if paused:
+            self._paused.set()
+        else:
+            self._paused.clear()
+
+    def call(self, fn: Callable[[], object], timeout: float = 10.0) -> object:
+        """Runs `fn` on the training thread between steps and returns its result.
+
+        Before the loop starts or after it ends nobody else touches the model,
+        so `fn` runs right here.
+        """
+        if not self.running or threading.get_ident() == self._loop_owner:
+            return fn()
+        future: Future = Future()
+        self._requests.put((fn, future))
+        return future.result(timeout)
+
+    # --- the loop ----------------------------------------------------------
+    def _run(self) -> None:
+        self._loop_owner = threading.get_ident()
+        try:
+            while not self._stop.is_set():
+                self._serve_requests()
+                self.drain_inbox()
+                for message in self.strategy.on_idle(time.time()):
+                    self._emit(message)
+                if self._paused.is_set():
+                    self._wait_for_input(0.05)
+                    continue
+                self.local_step()
+                if self.max_steps and self.stats.step >= self.max_steps:
+                    break
+                if self.step_delay_s:
+                    self._wait_for_input(self.step_delay_s)
+        except Exception:
+            log.exception("training loop failed")
+            raise
+        finally:
+            self._serve_requests()
+            self._loop_owner = None
+
+    def _wait_for_input(self, seconds: float) -> None:
+        """Sleeps, but serves model requests as they come (Pull must not wait a step)."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            try:
+                fn, future = self._requests.get(timeout=min(remaining, 0.05))
+            except queue.Empty:
+                continue
+            self._run_request(fn, future)
+
+    def _serve_requests(self) -> None:
+        while True:
+            try:
+                fn, future = self._requests.get_nowait()
+            except queue.Empty:
+                return
+            self._run_request(fn, future)
+
+    @staticmethod
+    def _run_request(fn: Callable[[], object], future: Future) -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn())
+        except Exception as exc:  # handed to the caller
+            future.set_exception(exc)
+
+    def drain_inbox(self) -> int:
+        applied = 0
+        while True:
+            try:
+                update = self.inbox.get_nowait()
+            except queue.Empty:
+                return applied
+            applied += self.apply(update)
+
+    def apply(self, update: Incoming) -> bool:
+        update.staleness = self.clock.staleness_of(update.clock)
+        if not self.strategy.apply(update):
+            self.stats.updates_discarded += 1
+            return False
+        self.clock.tick(update.sender, update.clock_ticks)
+        self.staleness.record(update.sender, update.staleness)
+        self.applied_by_sender[update.sender] = self.applied_by_sender.get(update.sender, 0) + 1
+        self.stats.updates_applied += 1
+        return True
+
+    def local_step(self) -> None:
+        w = self.workload
+        inputs, targets = w.next_batch()
+        w.optimizer.zero_grad(set_to_none=True)
+        loss = w.loss_fn(w.model(inputs), targets)
+        loss.backward()
+        w.optimizer.step()
+        stats = self.stats
+        if stats.step == 0:
+            stats.first_step_at = time.time()
+        stats.step += 1
+        stats.samples += len(targets)
+        stats.loss = loss.item()
+        if self.strategy.clock_per_step:
+            self.clock.tick(self.member_id)
+        for message in self.strategy.after_local_step(stats.step):
+            self._emit(message)
+        if stats.step % self.eval_every == 0:
+            self.evaluate()
+
+    def _emit(self, message: Outgoing) -> None:
+        if not self.strategy.clock_per_step and message.to is None:
+            self.clock.tick(self.member_id, message.clock_ticks)
+        self.send(message, self.clock.snapshot())
+
+    def evaluate(self) -> None:
+        eval_loss, accuracy = self.workload.evaluate()
+        self.stats.eval_loss, self.stats.accuracy = eval_loss, accuracy
+        self.stats.accuracy_at = time.time()
+
+    def samples_per_s(self) -> float:
+        if not self.stats.first_step_at:
+            return 0.0
+        elapsed = time.time() - self.stats.first_step_at
+        return self.stats.samples / elapsed if elapsed > 0 else 0.0

@@ -1,0 +1,585 @@
+"""The wire: the Peer gRPC service (receiving) and per-neighbor senders.
+
+Receiving: a Push stream carries header, data chunks, next header, ... Each
+header is validated against the local model before one data byte is
+accepted; the payload is assembled into a buffer sized from the local model,
+checked for NaN/Inf, and only then handed to the trainer's inbox. A bad
+update aborts the stream with a status that says what was wrong; nothing of
+it reaches the model.
+
+Sending: each neighbor has a sender thread with a bounded queue and one
+long-lived Push stream (a new RPC per update costs ~3x the CPU). The trainer
+only enqueues; when a queue is full, summable updates (gradients, deltas,
+commits) are summed into the queued one of the same kind and snapshots
+replace older snapshots, so memory stays bounded and the trainer never waits
+for a slow or dead neighbor.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import grpc
+import numpy as np
+
+from dasgd.v1 import membership_pb2, peer_pb2, peer_pb2_grpc
+from peer import codec
+from peer.codec import TensorSpec
+from peer.strategies.base import CENTER_COMMIT, DELTA, GRADIENT, MODEL, ROUND_MODEL, Incoming
+
+log = logging.getLogger(__name__)
+
+CODEC_TO_WIRE = {
+    codec.RAW_F32: peer_pb2.RAW_F32,
+    codec.F16: peer_pb2.F16,
+    codec.BF16: peer_pb2.BF16,
+}
+CODEC_FROM_WIRE = {v: k for k, v in CODEC_TO_WIRE.items()}
+SUMMABLE = frozenset({GRADIENT, DELTA, CENTER_COMMIT})
+REPLACEABLE = frozenset({MODEL, ROUND_MODEL})
+
+
+def kind_name(kind: int) -> str:
+    return peer_pb2.UpdateKind.Name(kind)
+
+
+def specs_to_wire(specs: Sequence[TensorSpec]) -> list[peer_pb2.TensorSpec]:
+    return [peer_pb2.TensorSpec(name=s.name, shape=list(s.shape), dtype=s.dtype) for s in specs]
+
+
+class OutboundMessage:
+    """One update to send, encoded at most once however many neighbors get it."""
+
+    def __init__(
+        self,
+        header: peer_pb2.UpdateHeader,
+        arrays: list[np.ndarray],
+        codec_name: str,
+    ):
+        self.header = header
+        self.arrays = arrays
+        self.codec_name = codec_name
+        self._payload: memoryview | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def kind(self) -> str:
+        return kind_name(self.header.kind)
+
+    def encoded(self) -> tuple[peer_pb2.UpdateHeader, memoryview]:
+        with self._lock:
+            if self._payload is None:
+                scale = codec.f16_scale(self.arrays) if self.codec_name == codec.F16 else 1.0
+                self._payload = codec.encode(self.arrays, self.codec_name, scale)
+                self.header.scale = scale
+                self.header.total_bytes = len(self._payload)
+            return self.header, self._payload
+
+    def merged_with(self, newer: OutboundMessage) -> OutboundMessage:
+        """Sum of two summable updates; carries the newer sequence number and,
+        per member, the older clock entry (the sum is as stale as its oldest part)."""
+        header = peer_pb2.UpdateHeader()
+        header.CopyFrom(newer.header)
+        header.clock_ticks = self.header.clock_ticks + newer.header.clock_ticks
+        header.vector_clock.clear()
+        for member in set(self.header.vector_clock) | set(newer.header.vector_clock):
+            header.vector_clock[member] = min(
+                self.header.vector_clock.get(member, 0), newer.header.vector_clock.get(member, 0)
+            )
+        arrays = [a + b for a, b in zip(self.arrays, newer.arrays)]
+        return OutboundMessage(header, arrays, self.codec_name)
+
+
+@dataclass
+class SenderStats:
+    sent: int = 0
+    bytes_sent: int = 0
+    dropped: int = 0
+    coalesced: int = 0
+    errors: int = 0
+
+
+class NeighborSender:
+    """Bounded queue + thread + one long-lived Push stream to one neighbor."""
+
+    def __init__(
+        self,
+        member_id: str,
+        address: str,
+        channel: grpc.Channel,
+        max_queue: int = 8,
+        chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
+        idle_close_s: float = 30.0,
+    ):
+        self.member_id = member_id
+        self.address = address
+        self._channel = channel
+        self._stub = peer_pb2_grpc.PeerStub(channel)
+        self._queue: deque[OutboundMessage] = deque()
+        self._max_queue = max_queue
+        self._chunk_bytes = chunk_bytes
+        self._idle_close_s = idle_close_s
+        self._cond = threading.Condition()
+        self._closing = False
+        self._flush_deadline = 0.0
+        self._call: grpc.Future | None = None
+        self.stats = SenderStats()
+        self.last_error = ""
+        self._thread = threading.Thread(target=self._run, name=f"send-{member_id}", daemon=True)
+        self._thread.start()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    def offer(self, message: OutboundMessage) -> None:
+        """Enqueues without ever blocking; coalesces or drops when full."""
+        with self._cond:
+            if self._closing:
+                return
+            if len(self._queue) >= self._max_queue:
+                self._make_room(message)
+            else:
+                self._queue.append(message)
+            self._cond.notify()
+
+    def _make_room(self, message: OutboundMessage) -> None:
+        if message.kind in SUMMABLE:
+            for queued in reversed(self._queue):
+                if queued.kind == message.kind and queued.header.round == message.header.round:
+                    self._queue.remove(queued)
+                    self._queue.append(queued.merged_with(message))
+                    self.stats.coalesced += 1
+                    return
+        if message.kind in REPLACEABLE:
+            for queued in self._queue:
+                if queued.kind == message.kind:
+                    self._queue.remove(queued)
+                    break
+            else:
+                self._queue.popleft()
+        else:
+            self._queue.popleft()
+        self.stats.dropped += 1
+        self._queue.append(message)
+
+    def close(self, flush_timeout: float = 0.0) -> None:
+        """Stops the sender; first tries for `flush_timeout` s to send what is queued."""
+        with self._cond:
+            self._closing = True
+            self._flush_deadline = time.monotonic() + flush_timeout
+            self._cond.notify_all()
+        self._thread.join(flush_timeout + 1.0)
+        if self._call is not None:
+            self._call.cancel()
+        self._channel.close()
+
+    def _next_message(self, timeout: float) -> OutboundMessage | None:
+        with self._cond:
+            end = time.monotonic() + timeout
+            while not self._queue:
+                if self._closing:
+                    return None
+                remaining = end - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+            if self._closing and time.monotonic() > self._flush_deadline:
+                return None
+            return self._queue.popleft()
+
+    def _requests(self, first: OutboundMessage) -> Iterator[peer_pb2.Chunk]:
+        message: OutboundMessage | None = first
+        while message is not None:
+            header, payload = message.encoded()
+            yield peer_pb2.Chunk(header=header)
+            for piece in codec.chunks(payload, self._chunk_bytes):
+                yield peer_pb2.Chunk(data=bytes(piece))
+            self.stats.sent += 1
+            self.stats.bytes_sent += len(payload)
+            message = self._next_message(self._idle_close_s)
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while True:
+            first = self._next_message(0.5)
+            if first is None:
+                if self._closing:
+                    return
+                continue
+            try:
+                self._call = self._stub.Push.future(self._requests(first))
+                self._call.result()
+                backoff = 0.2
+            except grpc.RpcError as error:
+                self.stats.errors += 1
+                detail = f"{error.code().name}: {error.details()}"
+                if detail != self.last_error:
+                    log.warning("push to %s (%s) failed: %s", self.member_id, self.address, detail)
+                self.last_error = detail
+                if self._closing:
+                    return
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            finally:
+                self._call = None
+
+
+class Outbox:
+    """The set of senders, one per current neighbor; the trainer's `send`."""
+
+    def __init__(
+        self,
+        run_id: str,
+        member_id: str,
+        address: str,
+        channel_factory: Callable[[str], grpc.Channel],
+        specs: Sequence[TensorSpec],
+        codec_name: str = codec.RAW_F32,
+        max_queue: int = 8,
+        chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
+    ):
+        self.run_id = run_id
+        self.member_id = member_id
+        self.address = address
+        self._channel_factory = channel_factory
+        self._wire_specs = specs_to_wire(specs)
+        self.codec_name = codec_name
+        self._max_queue = max_queue
+        self._chunk_bytes = chunk_bytes
+        self._senders: dict[str, NeighborSender] = {}
+        self._lock = threading.Lock()
+        # Strictly increasing across restarts of this peer, so receivers can
+        # refuse replays without remembering incarnations.
+        self._sequence = time.time_ns() // 1000
+
+    def set_neighbors(self, neighbors: dict[str, str]) -> None:
+        """neighbors: member id -> address. Starts and stops senders to match."""
+        with self._lock:
+            gone = [mid for mid, s in self._senders.items() if neighbors.get(mid) != s.address]
+            stopped = [self._senders.pop(mid) for mid in gone]
+            for mid, address in neighbors.items():
+                if mid not in self._senders:
+                    self._senders[mid] = NeighborSender(
+                        mid,
+                        address,
+                        self._channel_factory(address),
+                        max_queue=self._max_queue,
+                        chunk_bytes=self._chunk_bytes,
+                    )
+        for sender in stopped:
+            threading.Thread(target=sender.close, daemon=True).start()
+
+    def senders(self) -> list[NeighborSender]:
+        with self._lock:
+            return list(self._senders.values())
+
+    def send(
+        self,
+        kind: str,
+        arrays: list[np.ndarray],
+        clock: dict[str, int],
+        clock_ticks: int = 1,
+        round_: int = 0,
+        to: str | None = None,
+    ) -> None:
+        self._sequence += 1
+        header = peer_pb2.UpdateHeader(
+            run_id=self.run_id,
+            sender_id=self.member_id,
+            sequence=self._sequence,
+            kind=peer_pb2.UpdateKind.Value(kind),
+            vector_clock=clock,
+            tensors=self._wire_specs,
+            codec=CODEC_TO_WIRE[self.codec_name],
+            round=round_,
+            clock_ticks=clock_ticks,
+            sender_address=self.address,
+        )
+        message = OutboundMessage(header, arrays, self.codec_name)
+        with self._lock:
+            targets = (
+                list(self._senders.values())
+                if to is None
+                else [s for mid, s in self._senders.items() if mid == to]
+            )
+        for sender in targets:
+            sender.offer(message)
+
+    def close(self, flush_timeout: float = 0.0) -> None:
+        with self._lock:
+            senders = list(self._senders.values())
+            self._senders.clear()
+        threads = [
+            threading.Thread(target=s.close, args=(flush_timeout,), daemon=True) for s in senders
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(flush_timeout + 2.0)
+
+
+# --- receiving ------------------------------------------------------------
+
+
+class RejectedUpdate(Exception):
+    def __init__(self, code: grpc.StatusCode, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Node(Protocol):
+    """What the servicer needs from the daemon."""
+
+    run_id: str
+    member_id: str
+    specs: list[TensorSpec]
+    accepts: frozenset[str]
+    max_update_bytes: int
+
+    def is_member(self, member_id: str) -> bool: ...
+    def deliver(self, update: Incoming) -> bool: ...
+    def snapshot(self, kind: str) -> tuple[list[np.ndarray], dict[str, int]]: ...
+    def status(self) -> peer_pb2.StatusResponse: ...
+    def members(self) -> list[membership_pb2.Member]: ...
+    def learn_members(self, members: Sequence[membership_pb2.Member]) -> None: ...
+    def request_leave(self) -> None: ...
+    def count_rejection(self, code: grpc.StatusCode) -> None: ...
+
+
+class PeerServicer(peer_pb2_grpc.PeerServicer):
+    def __init__(self, node: Node, chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES):
+        self.node = node
+        self._chunk_bytes = chunk_bytes
+        self._last_sequence: dict[str, int] = {}
+        self._sequence_lock = threading.Lock()
+        self.bytes_received = 0
+
+    def check_header(self, header: peer_pb2.UpdateHeader) -> codec.Assembler:
+        """Validates a header against the local model; returns the assembler."""
+        node = self.node
+        invalid = grpc.StatusCode.INVALID_ARGUMENT
+        if header.run_id != node.run_id:
+            raise RejectedUpdate(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"wrong run id {header.run_id!r}: this peer is in run {node.run_id!r}",
+            )
+        if not node.is_member(header.sender_id):
+            raise RejectedUpdate(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"unknown sender {header.sender_id!r}: not a member of run {node.run_id!r} "
+                "(join the bootstrap first)",
+            )
+        kind = (
+            peer_pb2.UpdateKind.Name(header.kind)
+            if header.kind in peer_pb2.UpdateKind.values()
+            else str(header.kind)
+        )
+        if kind not in node.accepts:
+            raise RejectedUpdate(
+                invalid,
+                f"update kind {kind} is not used by this peer's strategy "
+                f"(accepts {', '.join(sorted(node.accepts)) or 'nothing'}) — "
+                "do all peers run the same --strategy?",
+            )
+        if header.codec not in CODEC_FROM_WIRE:
+            raise RejectedUpdate(invalid, f"unknown codec {header.codec}")
+        if header.clock_ticks == 0 or header.clock_ticks > 1_000_000:
+            raise RejectedUpdate(invalid, f"clock_ticks {header.clock_ticks} out of range")
+        if not (np.isfinite(header.scale) and 0 <= abs(header.scale) < 1e30):
+            raise RejectedUpdate(invalid, f"scale {header.scale} is not a usable factor")
+        local = node.specs
+        if len(header.tensors) != len(local):
+            raise RejectedUpdate(
+                invalid,
+                f"update has {len(header.tensors)} tensors, local model has {len(local)} — "
+                "is the sender running the same workload?",
+            )
+        for got, mine in zip(header.tensors, local):
+            if got.name != mine.name or tuple(got.shape) != mine.shape or got.dtype != mine.dtype:
+                raise RejectedUpdate(
+                    invalid,
+                    f"tensor mismatch for {mine.name}: got {got.name} {tuple(got.shape)} "
+                    f"{got.dtype}, local model has {mine.name} {mine.shape} {mine.dtype} — "
+                    "is the sender running the same workload?",
+                )
+        codec_name = CODEC_FROM_WIRE[header.codec]
+        if header.total_bytes > node.max_update_bytes:
+            raise RejectedUpdate(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"update of {header.total_bytes} bytes exceeds the limit of "
+                f"{node.max_update_bytes}",
+            )
+        with self._sequence_lock:
+            last = self._last_sequence.get(header.sender_id, 0)
+            if header.sequence <= last:
+                raise RejectedUpdate(
+                    invalid,
+                    f"sequence {header.sequence} from {header.sender_id} is not after {last}: "
+                    "duplicate or replayed update",
+                )
+            self._last_sequence[header.sender_id] = header.sequence
+        try:
+            return codec.Assembler(local, codec_name, header.total_bytes)
+        except codec.DecodeError as error:
+            raise RejectedUpdate(invalid, str(error)) from None
+
+    def _abort(self, context: grpc.ServicerContext, rejected: RejectedUpdate) -> None:
+        self.node.count_rejection(rejected.code)
+        log.warning("rejected update: %s", rejected.message)
+        context.abort(rejected.code, rejected.message)
+
+    def Push(self, request_iterator, context):  # noqa: N802 (gRPC method name)
+        accepted = 0
+        last_sequence = 0
+        header: peer_pb2.UpdateHeader | None = None
+        assembler: codec.Assembler | None = None
+        try:
+            for chunk in request_iterator:
+                which = chunk.WhichOneof("payload")
+                if which == "header":
+                    if assembler is not None:
+                        raise RejectedUpdate(
+                            grpc.StatusCode.INVALID_ARGUMENT,
+                            f"new header after {assembler.received} of "
+                            f"{header.total_bytes} payload bytes: truncated update",
+                        )
+                    header = chunk.header
+                    assembler = self.check_header(header)
+                elif which == "data":
+                    if assembler is None:
+                        raise RejectedUpdate(
+                            grpc.StatusCode.INVALID_ARGUMENT, "data chunk before any header"
+                        )
+                    try:
+                        assembler.add(chunk.data)
+                    except codec.DecodeError as error:
+                        raise RejectedUpdate(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+                    self.bytes_received += len(chunk.data)
+                else:
+                    raise RejectedUpdate(grpc.StatusCode.INVALID_ARGUMENT, "empty chunk")
+                if assembler is not None and assembler.complete:
+                    self._deliver(header, assembler)
+                    accepted += 1
+                    last_sequence = header.sequence
+                    header, assembler = None, None
+            if assembler is not None:
+                raise RejectedUpdate(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"stream ended after {assembler.received} of {header.total_bytes} payload "
+                    "bytes: truncated update discarded",
+                )
+        except RejectedUpdate as rejected:
+            self._abort(context, rejected)
+        return peer_pb2.PushAck(accepted=accepted, last_sequence=last_sequence)
+
+    def _deliver(self, header: peer_pb2.UpdateHeader, assembler: codec.Assembler) -> None:
+        try:
+            arrays = assembler.arrays(header.scale or 1.0)
+        except codec.DecodeError as error:
+            raise RejectedUpdate(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        update = Incoming(
+            kind=kind_name(header.kind),
+            sender=header.sender_id,
+            arrays=arrays,
+            clock=dict(header.vector_clock),
+            clock_ticks=header.clock_ticks,
+            round=header.round,
+        )
+        if not self.node.deliver(update):
+            raise RejectedUpdate(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                "receiver's inbox stayed full: it is applying updates slower than they arrive",
+            )
+
+    def Pull(self, request, context):  # noqa: N802
+        if request.run_id != self.node.run_id:
+            self._abort(
+                context,
+                RejectedUpdate(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"wrong run id {request.run_id!r}: this peer is in run {self.node.run_id!r}",
+                ),
+            )
+        kind = kind_name(request.kind) if request.kind else MODEL
+        codec_name = CODEC_FROM_WIRE.get(request.codec, codec.RAW_F32)
+        try:
+            arrays, clock = self.node.snapshot(kind)
+        except (LookupError, TimeoutError) as error:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"no {kind} to pull: {error}")
+        message = OutboundMessage(
+            peer_pb2.UpdateHeader(
+                run_id=self.node.run_id,
+                sender_id=self.node.member_id,
+                kind=peer_pb2.UpdateKind.Value(kind),
+                vector_clock=clock,
+                tensors=specs_to_wire(self.node.specs),
+                codec=CODEC_TO_WIRE[codec_name],
+                clock_ticks=1,
+            ),
+            arrays,
+            codec_name,
+        )
+        header, payload = message.encoded()
+        yield peer_pb2.Chunk(header=header)
+        for piece in codec.chunks(payload, self._chunk_bytes):
+            yield peer_pb2.Chunk(data=bytes(piece))
+
+    def Status(self, request, context):  # noqa: N802
+        return self.node.status()
+
+    def ListPeers(self, request, context):  # noqa: N802
+        if request.run_id and request.run_id != self.node.run_id:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"wrong run id {request.run_id!r}: this peer is in run {self.node.run_id!r}",
+            )
+        if request.known:
+            self.node.learn_members(request.known)
+        return peer_pb2.ListPeersResponse(members=self.node.members())
+
+    def Leave(self, request, context):  # noqa: N802
+        self.node.request_leave()
+        return peer_pb2.LeaveNowResponse(accepted=True)
+
+
+def pull_model(
+    channel: grpc.Channel,
+    run_id: str,
+    requester_id: str,
+    specs: Sequence[TensorSpec],
+    kind: str = MODEL,
+    timeout: float = 30.0,
+) -> tuple[list[np.ndarray], dict[str, int]]:
+    """Pulls a neighbor's model (or center), validated like a pushed update."""
+    stub = peer_pb2_grpc.PeerStub(channel)
+    stream = stub.Pull(
+        peer_pb2.PullRequest(
+            run_id=run_id, requester_id=requester_id, kind=peer_pb2.UpdateKind.Value(kind)
+        ),
+        timeout=timeout,
+    )
+    header: peer_pb2.UpdateHeader | None = None
+    assembler: codec.Assembler | None = None
+    for chunk in stream:
+        if chunk.WhichOneof("payload") == "header":
+            header = chunk.header
+            if [(t.name, tuple(t.shape)) for t in header.tensors] != [
+                (s.name, s.shape) for s in specs
+            ]:
+                raise codec.DecodeError("pulled model does not match the local model's tensors")
+            assembler = codec.Assembler(specs, CODEC_FROM_WIRE[header.codec], header.total_bytes)
+        elif assembler is None:
+            raise codec.DecodeError("data before header in pulled model")
+        else:
+            assembler.add(chunk.data)
+    if assembler is None or header is None:
+        raise codec.DecodeError("pull returned no model")
+    return assembler.arrays(header.scale or 1.0), dict(header.vector_clock)

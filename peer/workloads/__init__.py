@@ -1,0 +1,63 @@
+"""Workloads: a model, its optimizer, this peer's data shard and an evaluation.
+
+Built-in names are listed in BUILTIN; anything else is `module:factory`, a
+callable taking (shard_index, shard_count) and returning a Workload.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Workload:
+    name: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    # Returns the next (inputs, targets) batch of this peer's shard.
+    next_batch: Callable[[], tuple[torch.Tensor, torch.Tensor]]
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    # Returns (loss, accuracy) of the model on the held-out split.
+    evaluate: Callable[[], tuple[float, float]]
+    batch_size: int
+    learning_rate: float
+
+
+def _digits_mlp(shard_index: int, shard_count: int, **kwargs) -> Workload:
+    from peer.workloads.digits import make_workload
+
+    return make_workload(shard_index, shard_count, **kwargs)
+
+
+def _digits_wide(shard_index: int, shard_count: int, **kwargs) -> Workload:
+    from peer.workloads.digits import make_workload
+
+    kwargs.setdefault("hidden", (3072, 3072))
+    return make_workload(shard_index, shard_count, name="digits-wide", **kwargs)
+
+
+BUILTIN: dict[str, Callable[..., Workload]] = {
+    "digits-mlp": _digits_mlp,
+    # ~9.7 M parameters: for transport and overlap measurements.
+    "digits-wide": _digits_wide,
+}
+
+
+def load_workload(
+    spec: str, shard_index: int = 0, shard_count: int = 1, learning_rate: float | None = None
+) -> Workload:
+    """Builds a built-in workload by name, or imports `module:factory`."""
+    kwargs = {} if learning_rate is None else {"learning_rate": learning_rate}
+    if spec in BUILTIN:
+        return BUILTIN[spec](shard_index, shard_count, **kwargs)
+    module_name, sep, factory_name = spec.partition(":")
+    if not sep or not module_name or not factory_name:
+        raise ValueError(
+            f"unknown workload {spec!r}: use one of {', '.join(BUILTIN)} or module:factory"
+        )
+    factory = getattr(importlib.import_module(module_name), factory_name)
+    return factory(shard_index=shard_index, shard_count=shard_count, **kwargs)
