@@ -165,7 +165,11 @@ class Trainer:
 
     def apply(self, update: Incoming) -> bool:
         update.staleness = self.clock.staleness_of(update.clock)
-        if not self.strategy.apply(update):
+        applied = self.strategy.apply(update)
+        replies, self.strategy.replies = self.strategy.replies, []
+        for message in replies:
+            self._emit(message)
+        if not applied:
             self.stats.updates_discarded += 1
             return False
         self.clock.tick(update.sender, update.clock_ticks)

@@ -5,7 +5,9 @@ The trainer owns the model and calls, from its one thread:
                           returns the messages to send;
   apply(update)           for each received update, before the next step;
   on_idle(now)            between steps, so synchronous strategies can close
-                          a round whose deadline passed.
+                          a round whose deadline passed; returns messages.
+A strategy that must answer a received update (gossip) appends to
+`self.replies`; the trainer sends those right after `apply`.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ MODEL = "MODEL"
 CENTER_COMMIT = "CENTER_COMMIT"
 CENTER = "CENTER"
 ROUND_MODEL = "ROUND_MODEL"
+GOSSIP_MODEL = "GOSSIP_MODEL"
+GOSSIP_REPLY = "GOSSIP_REPLY"
 
 
 @dataclass
@@ -69,6 +73,7 @@ class Strategy:
     def __init__(self, context: StrategyContext):
         self.context = context
         self.params = [p for p in context.model.parameters()]
+        self.replies: list[Outgoing] = []
 
     def after_local_step(self, step: int) -> list[Outgoing]:
         return []

@@ -17,6 +17,8 @@ class UpdateKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CENTER_COMMIT: _ClassVar[UpdateKind]
     CENTER: _ClassVar[UpdateKind]
     ROUND_MODEL: _ClassVar[UpdateKind]
+    GOSSIP_MODEL: _ClassVar[UpdateKind]
+    GOSSIP_REPLY: _ClassVar[UpdateKind]
 
 class Codec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -31,6 +33,8 @@ MODEL: UpdateKind
 CENTER_COMMIT: UpdateKind
 CENTER: UpdateKind
 ROUND_MODEL: UpdateKind
+GOSSIP_MODEL: UpdateKind
+GOSSIP_REPLY: UpdateKind
 CODEC_UNSPECIFIED: Codec
 RAW_F32: Codec
 F16: Codec

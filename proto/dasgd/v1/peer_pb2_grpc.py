@@ -44,11 +44,6 @@ class PeerStub:
                 request_serializer=dasgd_dot_v1_dot_peer__pb2.PullRequest.SerializeToString,
                 response_deserializer=dasgd_dot_v1_dot_peer__pb2.Chunk.FromString,
                 _registered_method=True)
-        self.Exchange = channel.stream_stream(
-                '/dasgd.v1.Peer/Exchange',
-                request_serializer=dasgd_dot_v1_dot_peer__pb2.Chunk.SerializeToString,
-                response_deserializer=dasgd_dot_v1_dot_peer__pb2.Chunk.FromString,
-                _registered_method=True)
         self.Status = channel.unary_unary(
                 '/dasgd.v1.Peer/Status',
                 request_serializer=dasgd_dot_v1_dot_peer__pb2.StatusRequest.SerializeToString,
@@ -85,14 +80,6 @@ class PeerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Exchange(self, request_iterator, context):
-        """Pairwise exchange (gossip): the caller sends its model, the callee
-        replies with its own, both average.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def Status(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -123,11 +110,6 @@ def add_PeerServicer_to_server(servicer, server):
             'Pull': grpc.unary_stream_rpc_method_handler(
                     servicer.Pull,
                     request_deserializer=dasgd_dot_v1_dot_peer__pb2.PullRequest.FromString,
-                    response_serializer=dasgd_dot_v1_dot_peer__pb2.Chunk.SerializeToString,
-            ),
-            'Exchange': grpc.stream_stream_rpc_method_handler(
-                    servicer.Exchange,
-                    request_deserializer=dasgd_dot_v1_dot_peer__pb2.Chunk.FromString,
                     response_serializer=dasgd_dot_v1_dot_peer__pb2.Chunk.SerializeToString,
             ),
             'Status': grpc.unary_unary_rpc_method_handler(
@@ -199,33 +181,6 @@ class Peer:
             target,
             '/dasgd.v1.Peer/Pull',
             dasgd_dot_v1_dot_peer__pb2.PullRequest.SerializeToString,
-            dasgd_dot_v1_dot_peer__pb2.Chunk.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def Exchange(request_iterator,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.stream_stream(
-            request_iterator,
-            target,
-            '/dasgd.v1.Peer/Exchange',
-            dasgd_dot_v1_dot_peer__pb2.Chunk.SerializeToString,
             dasgd_dot_v1_dot_peer__pb2.Chunk.FromString,
             options,
             channel_credentials,
