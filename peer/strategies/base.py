@@ -5,7 +5,10 @@ The trainer owns the model and calls, from its one thread:
                           returns the messages to send;
   apply(update)           for each received update, before the next step;
   on_idle(now)            between steps, so synchronous strategies can close
-                          a round whose deadline passed; returns messages.
+                          a round whose deadline passed; returns messages;
+  ready_to_step()         before each local step: False while a synchronous
+                          strategy waits for a round (the trainer then only
+                          applies updates and calls on_idle).
 A strategy that must answer a received update (gossip) appends to
 `self.replies`; the trainer sends those right after `apply`.
 """
@@ -85,6 +88,10 @@ class Strategy:
     def on_idle(self, now: float) -> list[Outgoing]:
         return []
 
+    def ready_to_step(self) -> bool:
+        """False while waiting for others; the loop keeps applying updates meanwhile."""
+        return True
+
     def state_dict(self) -> dict:
         """Extra state to checkpoint (center replica, accumulators)."""
         return {}
@@ -108,6 +115,9 @@ class Strategy:
 
     def model_arrays(self) -> list[np.ndarray]:
         return [p.detach().numpy().copy() for p in self.params]
+
+    def learning_rate(self) -> float:
+        return float(self.context.optimizer.param_groups[0]["lr"])
 
     def step_with_gradient(self, gradients: list[np.ndarray]) -> None:
         """Runs the optimizer with `gradients` as if they were computed here."""

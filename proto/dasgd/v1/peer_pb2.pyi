@@ -134,7 +134,7 @@ class StalenessStats(_message.Message):
     def __init__(self, count: _Optional[int] = ..., avg: _Optional[float] = ..., max: _Optional[int] = ..., p50: _Optional[float] = ..., p95: _Optional[float] = ..., p99: _Optional[float] = ...) -> None: ...
 
 class NeighborStatus(_message.Message):
-    __slots__ = ("id", "address", "queue_depth", "updates_sent", "bytes_sent", "updates_applied", "dropped", "coalesced", "send_errors", "staleness")
+    __slots__ = ("id", "address", "queue_depth", "updates_sent", "bytes_sent", "updates_applied", "dropped", "coalesced", "send_errors", "staleness", "sending")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
@@ -145,6 +145,7 @@ class NeighborStatus(_message.Message):
     COALESCED_FIELD_NUMBER: _ClassVar[int]
     SEND_ERRORS_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
+    SENDING_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     queue_depth: int
@@ -155,7 +156,8 @@ class NeighborStatus(_message.Message):
     coalesced: int
     send_errors: int
     staleness: StalenessStats
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., queue_depth: _Optional[int] = ..., updates_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., updates_applied: _Optional[int] = ..., dropped: _Optional[int] = ..., coalesced: _Optional[int] = ..., send_errors: _Optional[int] = ..., staleness: _Optional[_Union[StalenessStats, _Mapping]] = ...) -> None: ...
+    sending: bool
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., queue_depth: _Optional[int] = ..., updates_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., updates_applied: _Optional[int] = ..., dropped: _Optional[int] = ..., coalesced: _Optional[int] = ..., send_errors: _Optional[int] = ..., staleness: _Optional[_Union[StalenessStats, _Mapping]] = ..., sending: _Optional[bool] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("id", "run_id", "address", "strategy", "workload", "state", "step", "loss", "accuracy", "accuracy_at", "staleness", "neighbors", "updates_applied", "updates_rejected", "bytes_sent", "bytes_received", "vector_clock", "samples_per_s", "uptime_s", "membership_version", "version", "first_step_at")

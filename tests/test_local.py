@@ -1,0 +1,57 @@
+"""The one-command cluster, as `make demo` runs it (smaller limits)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_local_cluster_reaches_target_and_writes_summary_and_plot(tmp_path):
+    summary_path, plot_path = tmp_path / "summary.json", tmp_path / "accuracy.png"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "peer.cli",
+            "local",
+            "--peers",
+            "4",
+            "--workload",
+            "digits-mlp",
+            "--strategy",
+            "dasgd",
+            "--target-accuracy",
+            "0.95",
+            "--max-seconds",
+            "90",
+            "--summary-json",
+            str(summary_path),
+            "--plot",
+            str(plot_path),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=150)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == 0, output[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["reached_target"] is True
+    assert summary["peers"] == 4 and summary["strategy"] == "dasgd"
+    assert all(acc >= 0.95 for acc in summary["final_accuracy"]), summary["final_accuracy"]
+    assert 0 < summary["setup_s"] < summary["time_to_target_s"] <= summary["wall_s"]
+    assert summary["updates_applied"] > 0 and summary["bytes_sent"] > 0
+    assert summary["staleness"]["max"] >= summary["staleness"]["avg"] >= 0
+    assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "reached 95.00%" in output
