@@ -3,6 +3,7 @@ membership together, and owns start-up and shutdown order."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import random
 import threading
@@ -14,10 +15,11 @@ import numpy as np
 import torch
 
 from dasgd.v1 import membership_pb2, peer_pb2, peer_pb2_grpc
-from peer import __version__
+from peer import __version__, checkpoint
 from peer.codec import TensorSpec
 from peer.config import PeerConfig
 from peer.membership import MembershipClient
+from peer.metrics import serve_metrics
 from peer.staleness import StalenessSummary
 from peer.strategies import (
     Incoming,
@@ -32,6 +34,7 @@ from peer.trainer import Trainer
 from peer.transport import Outbox, PeerServicer, pull_model
 from peer.workloads import load_workload
 from rpc import Security, ServerHandle, make_channel, start_server
+from rpc.server import split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +95,75 @@ class PeerDaemon:
         )
         self.outbox: Outbox | None = None
         self.servicer = PeerServicer(self, chunk_bytes=config.chunk_kib * 1024)
+        self.warm_started_from = ""
+        self.initial_accuracy = 0.0
+        self.resumed_step = 0
+        self.checkpoint_step = 0
+        self._checkpoint_lock = threading.Lock()
+        if config.checkpoint_dir:
+            self._resume(checkpoint.load(config.checkpoint_dir))
+
+    # --- checkpoints --------------------------------------------------------
+    def _resume(self, state: dict | None) -> None:
+        """Restores model, optimizer, step, clock, strategy state and identity."""
+        if state is None:
+            return
+        for key in ("run_id", "workload", "strategy"):
+            if state.get(key) != getattr(self.config, key):
+                raise ValueError(
+                    f"checkpoint in {self.config.checkpoint_dir} is for {key} "
+                    f"{state.get(key)!r}, not {getattr(self.config, key)!r}: use another "
+                    "--checkpoint-dir or the same settings"
+                )
+        self.workload.model.load_state_dict(state["model"])
+        self.workload.optimizer.load_state_dict(state["optimizer"])
+        self.strategy.load_state_dict(state["strategy_state"])
+        self.trainer.stats.step = self.resumed_step = self.checkpoint_step = state["step"]
+        self.trainer.clock.entries = dict(state["clock"])
+        if not self.member_id:
+            self.member_id = state["member_id"]
+            self.context.member_id = self.trainer.member_id = self.member_id
+        log.info("resumed %s from its checkpoint at step %d", self.member_id, state["step"])
+
+    def _capture_state(self) -> dict:
+        """A copy of everything a checkpoint holds; runs on the training thread."""
+        return {
+            "member_id": self.member_id,
+            "run_id": self.run_id,
+            "workload": self.config.workload,
+            "strategy": self.config.strategy,
+            "step": self.trainer.stats.step,
+            "clock": self.trainer.clock.snapshot(),
+            "model": {k: v.detach().clone() for k, v in self.workload.model.state_dict().items()},
+            "optimizer": copy.deepcopy(self.workload.optimizer.state_dict()),
+            "strategy_state": copy.deepcopy(self.strategy.state_dict()),
+            "saved_at": time.time(),
+        }
+
+    def save_checkpoint(self) -> None:
+        """Captures between steps, writes beside training."""
+        if not self.config.checkpoint_dir:
+            return
+        with self._checkpoint_lock:
+            state = self.trainer.call(self._capture_state, timeout=30.0)
+            checkpoint.save(self.config.checkpoint_dir, state)
+            self.checkpoint_step = state["step"]
+
+    def _checkpoint_loop(self) -> None:
+        last_time, last_step = time.monotonic(), self.trainer.stats.step
+        while not self.stopped.wait(0.5):
+            step = self.trainer.stats.step
+            due = (
+                step - last_step >= self.config.checkpoint_every_steps
+                or time.monotonic() - last_time >= self.config.checkpoint_every_s
+            )
+            if not due or step == last_step or not self.trainer.running:
+                continue
+            try:
+                self.save_checkpoint()
+            except (OSError, RuntimeError, TimeoutError) as error:
+                log.error("checkpoint failed: %s", error)
+            last_time, last_step = time.monotonic(), step
 
     def _strategy_options(self) -> dict:
         """The config's strategy settings that the chosen strategy takes."""
@@ -101,6 +173,8 @@ class PeerDaemon:
             "window": c.window,
             "rho": c.rho,
             "round_timeout_s": c.round_timeout_s,
+            "topology": c.topology,
+            "fanout": c.fanout,
         }
         return {k: v for k, v in options.items() if k in strategy_parameters(c.strategy)}
 
@@ -145,6 +219,14 @@ class PeerDaemon:
         self._wait_for_members()
         if self.config.warm_start:
             self._warm_start()
+        self.trainer.evaluate()
+        self.initial_accuracy = self.trainer.stats.accuracy
+        if self.config.checkpoint_dir:
+            threading.Thread(target=self._checkpoint_loop, name="checkpoint", daemon=True).start()
+        if self.config.metrics_port >= 0:
+            host = split_host_port(self.config.listen)[0] or "127.0.0.1"
+            self.metrics_port = serve_metrics(self.config.metrics_port, self.status, host)
+            log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
         self.trainer.start()
         self.membership.start()
         threading.Thread(target=self._maintenance, name="maintenance", daemon=True).start()
@@ -202,11 +284,13 @@ class PeerDaemon:
                 log.info("warm start from %s failed: %s", member.id, error)
                 continue
             self.strategy.load_model(arrays, center)
+            # We have now seen what the neighbor had seen (our own earlier
+            # updates included, if we are a restarted member).
             for owner, count in clock.items():
-                if owner != self.member_id:
-                    self.trainer.clock.entries[owner] = max(
-                        count, self.trainer.clock.entries.get(owner, 0)
-                    )
+                self.trainer.clock.entries[owner] = max(
+                    count, self.trainer.clock.entries.get(owner, 0)
+                )
+            self.warm_started_from = member.id
             log.info("warm-started from %s at its step %d", member.id, status.step)
             return
 
@@ -366,6 +450,10 @@ class PeerDaemon:
             membership_version=self.membership.version if self.membership else 0,
             version=__version__,
             first_step_at=stats.first_step_at,
+            warm_started_from=self.warm_started_from,
+            initial_accuracy=self.initial_accuracy,
+            resumed_step=self.resumed_step,
+            checkpoint_step=self.checkpoint_step,
         )
 
     # --- shutdown ---------------------------------------------------------------
@@ -388,6 +476,10 @@ class PeerDaemon:
         self.trainer.stop()
         if self.outbox is not None:
             self.outbox.close(flush_timeout_s)
+        try:
+            self.save_checkpoint()
+        except (OSError, RuntimeError) as error:
+            log.error("final checkpoint failed: %s", error)
         if self.membership is not None:
             self.membership.leave()
             self.membership.stop()

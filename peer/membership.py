@@ -140,7 +140,7 @@ class MembershipClient:
                     self.version = event.version
                     self._on_change(event.members)
             except grpc.RpcError as error:
-                if self._stop.is_set() or error.code() == grpc.StatusCode.CANCELLED:
+                if self._stop.is_set():
                     return
                 log.debug("watch ended: %s", error.code().name)
             self._stop.wait(backoff)
