@@ -148,15 +148,20 @@ def decode(
         flat = np.frombuffer(buffer, dtype=np.float16).astype(np.float32)
     else:
         flat = (np.frombuffer(buffer, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+    scaled = scale not in (0.0, 1.0)
+    if scaled:
+        # Scale before the finiteness check: finite values times a finite
+        # scale can still overflow to Inf.
+        with np.errstate(over="ignore", invalid="ignore"):
+            flat = flat * np.float32(scale)
     if not np.isfinite(flat).all():
         bad = next(
             s.name
             for s, part in zip(specs, np.split(flat, np.cumsum([s.numel for s in specs])[:-1]))
             if not np.isfinite(part).all()
         )
-        raise DecodeError(f"tensor {bad} contains NaN or Inf values")
-    if scale not in (0.0, 1.0):
-        flat = flat * np.float32(scale)
+        after = f" after scaling by {scale:g}" if scaled else ""
+        raise DecodeError(f"tensor {bad} contains NaN or Inf values{after}")
     out = []
     offset = 0
     for spec in specs:

@@ -575,6 +575,8 @@ def pull_model(
                 (s.name, s.shape) for s in specs
             ]:
                 raise codec.DecodeError("pulled model does not match the local model's tensors")
+            if header.codec not in CODEC_FROM_WIRE:
+                raise codec.DecodeError(f"pulled model uses unknown codec {header.codec}")
             assembler = codec.Assembler(specs, CODEC_FROM_WIRE[header.codec], header.total_bytes)
         elif assembler is None:
             raise codec.DecodeError("data before header in pulled model")

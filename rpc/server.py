@@ -168,6 +168,49 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         return handler
 
 
+def _message_name(deserializer: Callable[[bytes], object]) -> str:
+    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
+    return getattr(descriptor, "full_name", "request")
+
+
+class StrictParsingInterceptor(grpc.ServerInterceptor):
+    """Parses requests inside the handler, so bytes that are not the expected
+    message get INVALID_ARGUMENT naming that message, instead of gRPC's
+    INTERNAL "Exception deserializing request!" that blames the server."""
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        deserialize = handler.request_deserializer
+        expected = _message_name(deserialize)
+
+        def parse(raw: bytes, context: grpc.ServicerContext):
+            try:
+                return deserialize(raw)
+            except Exception as error:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"request is not a valid {expected} message: {error}",
+                )
+
+        if handler.request_streaming:
+            name = "stream_stream" if handler.response_streaming else "stream_unary"
+            behavior = getattr(handler, name)
+
+            def parsed(request_iterator, context):
+                return behavior((parse(raw, context) for raw in request_iterator), context)
+
+        else:
+            name = "unary_stream" if handler.response_streaming else "unary_unary"
+            behavior = getattr(handler, name)
+
+            def parsed(raw, context):
+                return behavior(parse(raw, context), context)
+
+        return handler._replace(request_deserializer=None, **{name: parsed})
+
+
 class _TokenClientInterceptor(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,
@@ -242,7 +285,12 @@ def start_server(
     """Bind, register services (`register` returns their full names), add
     health (NOT_SERVING until the caller says otherwise) and reflection."""
     check_listen_address(listen, security)
-    interceptors = [TokenAuthInterceptor(security.token)] if security.token else []
+    # The token check runs first: a caller without the token learns nothing,
+    # not even whether its bytes parsed.
+    interceptors: list[grpc.ServerInterceptor] = (
+        [TokenAuthInterceptor(security.token)] if security.token else []
+    )
+    interceptors.append(StrictParsingInterceptor())
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rpc"),
         interceptors=interceptors,
