@@ -112,6 +112,9 @@ class Trainer:
                 if self._paused.is_set():
                     self._wait_for_input(0.05)
                     continue
+                if not self.strategy.ready_to_step():
+                    self._wait_for_update(0.01)
+                    continue
                 self.local_step()
                 if self.max_steps and self.stats.step >= self.max_steps:
                     break
@@ -136,6 +139,14 @@ class Trainer:
             except queue.Empty:
                 continue
             self._run_request(fn, future)
+
+    def _wait_for_update(self, seconds: float) -> None:
+        """The strategy waits for others (a synchronous round): apply what arrives at once."""
+        try:
+            update = self.inbox.get(timeout=seconds)
+        except queue.Empty:
+            return
+        self.apply(update)
 
     def _serve_requests(self) -> None:
         while True:

@@ -7,11 +7,25 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+from peer.strategies.adag import ADAG
+from peer.strategies.aeasgd import AsynchronousEASGD
+from peer.strategies.average import ModelAveraging
 from peer.strategies.base import Incoming, Outgoing, Strategy, StrategyContext
 from peer.strategies.dasgd import DASGD
+from peer.strategies.downpour import Downpour
+from peer.strategies.dynsgd import DynSGD
+from peer.strategies.easgd import EASGD
+from peer.strategies.gossip import Gossip
 
 REGISTRY: dict[str, Callable[..., Strategy]] = {
     "dasgd": DASGD,
+    "average": ModelAveraging,
+    "easgd": EASGD,
+    "aeasgd": AsynchronousEASGD,
+    "downpour": Downpour,
+    "adag": ADAG,
+    "dynsgd": DynSGD,
+    "gossip": Gossip,
 }
 
 
