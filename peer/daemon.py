@@ -234,10 +234,17 @@ class PeerDaemon:
         log.info("peer %s of run %s serving on %s", self.member_id, self.run_id, self.address)
 
     def _wait_for_members(self) -> None:
-        """Lets a cluster that is launched together start stepping together."""
+        """Lets a cluster that is launched together start stepping together.
+
+        Only a network that has not started waits: a restarted member, or one
+        joining while others already train, goes ahead at once.
+        """
         wanted = self.config.min_members
         end = time.monotonic() + self.config.min_members_timeout_s
+        next_probe = 0.0
         while len(self._member_list()) < wanted and not self._leave_requested.is_set():
+            if self.resumed_step:
+                return
             if time.monotonic() > end:
                 log.warning(
                     "only %d of %d members after %.0fs; starting anyway",
@@ -246,11 +253,31 @@ class PeerDaemon:
                     self.config.min_members_timeout_s,
                 )
                 return
+            if time.monotonic() > next_probe:
+                next_probe = time.monotonic() + 0.5
+                if self._training_member() is not None:
+                    return
             try:
                 self._on_members(self.membership.list_members(timeout=2.0))
             except grpc.RpcError:
                 pass
             time.sleep(0.05)
+
+    def _training_member(self) -> tuple[membership_pb2.Member, int] | None:
+        """Some other member that has taken steps already, with its step."""
+        for member in self._member_list():
+            if member.id == self.member_id:
+                continue
+            try:
+                with make_channel(member.address, self.security) as channel:
+                    status = peer_pb2_grpc.PeerStub(channel).Status(
+                        peer_pb2.StatusRequest(), timeout=2.0
+                    )
+            except grpc.RpcError:
+                continue
+            if status.step > 0:
+                return member, status.step
+        return None
 
     def _register(self, server: grpc.Server) -> list[str]:
         peer_pb2_grpc.add_PeerServicer_to_server(self.servicer, server)
@@ -258,41 +285,31 @@ class PeerDaemon:
 
     def _warm_start(self) -> None:
         """Joining a network that already trains: start from a neighbor's model."""
-        for member in self._member_list():
-            if member.id == self.member_id:
-                continue
-            try:
-                channel = make_channel(member.address, self.security)
-                with channel:
-                    status = peer_pb2_grpc.PeerStub(channel).Status(
-                        peer_pb2.StatusRequest(), timeout=2.0
-                    )
-                    if status.step == 0:
-                        continue
-                    arrays, clock = pull_model(
-                        channel, self.run_id, self.member_id, self.specs, MODEL
-                    )
-                    center = None
-                    if CENTER in self.accepts or hasattr(self.strategy, "center_replica"):
-                        try:
-                            center, _ = pull_model(
-                                channel, self.run_id, self.member_id, self.specs, CENTER
-                            )
-                        except grpc.RpcError:
-                            center = None
-            except (grpc.RpcError, ValueError) as error:
-                log.info("warm start from %s failed: %s", member.id, error)
-                continue
-            self.strategy.load_model(arrays, center)
-            # We have now seen what the neighbor had seen (our own earlier
-            # updates included, if we are a restarted member).
-            for owner, count in clock.items():
-                self.trainer.clock.entries[owner] = max(
-                    count, self.trainer.clock.entries.get(owner, 0)
-                )
-            self.warm_started_from = member.id
-            log.info("warm-started from %s at its step %d", member.id, status.step)
+        found = self._training_member()
+        if found is None:
             return
+        member, step = found
+        try:
+            with make_channel(member.address, self.security) as channel:
+                arrays, clock = pull_model(channel, self.run_id, self.member_id, self.specs, MODEL)
+                center = None
+                if CENTER in self.accepts or hasattr(self.strategy, "center_replica"):
+                    try:
+                        center, _ = pull_model(
+                            channel, self.run_id, self.member_id, self.specs, CENTER
+                        )
+                    except grpc.RpcError:
+                        center = None
+        except (grpc.RpcError, ValueError) as error:
+            log.warning("warm start from %s failed (%s); starting from own model", member.id, error)
+            return
+        self.strategy.load_model(arrays, center)
+        # We have now seen what the neighbor had seen (our own earlier
+        # updates included, if we are a restarted member).
+        for owner, count in clock.items():
+            self.trainer.clock.entries[owner] = max(count, self.trainer.clock.entries.get(owner, 0))
+        self.warm_started_from = member.id
+        log.info("warm-started from %s at its step %d", member.id, step)
 
     # --- membership -----------------------------------------------------------
     def _member_list(self) -> list[membership_pb2.Member]:
