@@ -47,6 +47,10 @@ class PeerConfig:
     checkpoint_dir: str = _opt("", "directory for checkpoints (empty: no checkpoints)")
     checkpoint_every_steps: int = _opt(500, "checkpoint every N local steps")
     checkpoint_every_s: float = _opt(30.0, "checkpoint at least every S seconds")
+    seed_peers: str = _opt("", "HOST:PORT,... of peers to ask for members if the bootstrap is down")
+    join_timeout_s: float = _opt(
+        15.0, "train alone (and keep trying) if no bootstrap answers by then"
+    )
     warm_start: bool = _opt(True, "pull the model from a neighbor when joining a running network")
     token_file: str = _opt("", "file holding the run's shared secret", secret=True)
     tls_cert: str = _opt("", "TLS certificate (PEM)")

@@ -39,6 +39,7 @@ from rpc.server import split_host_port
 log = logging.getLogger(__name__)
 
 MAX_UPDATE_BYTES = 4 << 30
+MAX_LEARNED_MEMBERS = 1024
 
 
 def _staleness_pb(summary: StalenessSummary) -> peer_pb2.StalenessStats:
@@ -179,7 +180,7 @@ class PeerDaemon:
         return {k: v for k, v in options.items() if k in strategy_parameters(c.strategy)}
 
     # --- start-up -----------------------------------------------------------
-    def start(self, join_timeout_s: float = 30.0) -> None:
+    def start(self) -> None:
         self.server = start_server(
             self.config.listen, self.security, self._register, max_workers=64
         )
@@ -192,14 +193,17 @@ class PeerDaemon:
             on_change=self._on_members,
             labels={"workload": self.config.workload, "strategy": self.config.strategy},
         )
-        joined = self.membership.join_with_retry(deadline_s=join_timeout_s)
+        joined = self.membership.join_with_retry(deadline_s=self.config.join_timeout_s)
         if not joined:
-            log.warning(
-                "bootstrap %s unreachable; training alone until it answers", self.config.bootstrap
-            )
             if not self.member_id:
                 self.member_id = f"p-{random.getrandbits(32):08x}"
                 self.membership.member_id = self.member_id
+            log.warning(
+                "bootstrap %s unreachable; going on as %s with the peers we can find, "
+                "and joining when it answers",
+                self.config.bootstrap,
+                self.member_id,
+            )
         self.member_id = self.membership.member_id
         self.context.member_id = self.member_id
         self.trainer.member_id = self.member_id
@@ -215,6 +219,8 @@ class PeerDaemon:
             chunk_bytes=self.config.chunk_kib * 1024,
         )
         self._on_members(self._member_list())
+        if not joined:
+            self._ask_seed_peers()
         self.server.set_serving(True)
         self._wait_for_members()
         if self.config.warm_start:
@@ -327,7 +333,13 @@ class PeerDaemon:
         changed = False
         with self._members_lock:
             for m in members:
-                if m.run_id in ("", self.run_id) and m.id and m.id not in self._members:
+                if (
+                    m.run_id in ("", self.run_id)
+                    and 0 < len(m.id) <= 128
+                    and 0 < len(m.address) <= 262
+                    and m.id not in self._members
+                    and len(self._members) < MAX_LEARNED_MEMBERS
+                ):
                     self._members[m.id] = m
                     changed = True
         if changed:
@@ -364,6 +376,28 @@ class PeerDaemon:
     def members(self) -> list[membership_pb2.Member]:
         return self._member_list()
 
+    def _self_member(self) -> membership_pb2.Member:
+        return membership_pb2.Member(id=self.member_id, address=self.address, run_id=self.run_id)
+
+    def _exchange_members(self, address: str) -> None:
+        """ListPeers both ways: tells `address` who we know (us included), learns
+        whom it knows."""
+        with make_channel(address, self.security) as channel:
+            response = peer_pb2_grpc.PeerStub(channel).ListPeers(
+                peer_pb2.ListPeersRequest(
+                    run_id=self.run_id, known=[self._self_member(), *self._member_list()]
+                ),
+                timeout=2.0,
+            )
+        self.learn_members(m for m in response.members if m.id != self.member_id)
+
+    def _ask_seed_peers(self) -> None:
+        for address in filter(None, (a.strip() for a in self.config.seed_peers.split(","))):
+            try:
+                self._exchange_members(address)
+            except grpc.RpcError as error:
+                log.info("seed peer %s: %s", address, error.code().name)
+
     def _maintenance(self) -> None:
         """Peer exchange while the bootstrap is away."""
         while not self.stopped.wait(2.0):
@@ -371,15 +405,10 @@ class PeerDaemon:
                 continue
             others = [m for m in self._member_list() if m.id != self.member_id]
             if not others:
+                self._ask_seed_peers()
                 continue
-            member = random.choice(others)
             try:
-                with make_channel(member.address, self.security) as channel:
-                    response = peer_pb2_grpc.PeerStub(channel).ListPeers(
-                        peer_pb2.ListPeersRequest(run_id=self.run_id, known=self._member_list()),
-                        timeout=2.0,
-                    )
-                self.learn_members(response.members)
+                self._exchange_members(random.choice(others).address)
             except grpc.RpcError:
                 pass
 
