@@ -52,6 +52,9 @@ class PeerConfig:
         15.0, "train alone (and keep trying) if no bootstrap answers by then"
     )
     warm_start: bool = _opt(True, "pull the model from a neighbor when joining a running network")
+    fault_partition_file: str = _opt(
+        "", "testing aid: while this file lists member ids (or *), send nothing to them"
+    )
     token_file: str = _opt("", "file holding the run's shared secret", secret=True)
     tls_cert: str = _opt("", "TLS certificate (PEM)")
     tls_key: str = _opt("", "TLS private key (PEM)")

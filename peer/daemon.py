@@ -101,6 +101,8 @@ class PeerDaemon:
         self.resumed_step = 0
         self.checkpoint_step = 0
         self._checkpoint_lock = threading.Lock()
+        self._cut_links: set[str] = set()
+        self._fault_read_at = 0.0
         if config.checkpoint_dir:
             self._resume(checkpoint.load(config.checkpoint_dir))
 
@@ -217,6 +219,7 @@ class PeerDaemon:
             codec_name=self.config.compression,
             max_queue=self.config.queue_size,
             chunk_bytes=self.config.chunk_kib * 1024,
+            link_up=self._link_up,
         )
         self._on_members(self._member_list())
         if not joined:
@@ -411,6 +414,21 @@ class PeerDaemon:
                 self._exchange_members(random.choice(others).address)
             except grpc.RpcError:
                 pass
+
+    def _link_up(self, member_id: str) -> bool:
+        """False while --fault-partition-file cuts the link to `member_id`."""
+        path = self.config.fault_partition_file
+        if not path:
+            return True
+        now = time.monotonic()
+        if now - self._fault_read_at > 0.2:
+            self._fault_read_at = now
+            try:
+                with open(path) as fh:
+                    self._cut_links = set(fh.read().split())
+            except OSError:
+                self._cut_links = set()
+        return not ({"*", member_id} & self._cut_links)
 
     # --- data path ------------------------------------------------------------
     def _send(self, message: Outgoing, clock: dict[str, int]) -> None:

@@ -116,8 +116,11 @@ class NeighborSender:
         max_queue: int = 8,
         chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         idle_close_s: float = 30.0,
+        link_up: Callable[[], bool] = lambda: True,
     ):
         self.member_id = member_id
+        # Fault injection: while False, nothing is sent (the queue coalesces).
+        self._link_up = link_up
         self.address = address
         self._channel = channel
         self._stub = peer_pb2_grpc.PeerStub(channel)
@@ -204,10 +207,17 @@ class NeighborSender:
             self.stats.sent += 1
             self.stats.bytes_sent += len(payload)
             message = self._next_message(self._idle_close_s)
+            if message is not None and not self._link_up():
+                with self._cond:
+                    self._queue.appendleft(message)
+                return
 
     def _run(self) -> None:
         backoff = 0.2
         while True:
+            if not self._link_up() and not self._closing:
+                time.sleep(0.1)
+                continue
             first = self._next_message(0.5)
             if first is None:
                 if self._closing:
@@ -244,8 +254,10 @@ class Outbox:
         codec_name: str = codec.RAW_F32,
         max_queue: int = 8,
         chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
+        link_up: Callable[[str], bool] = lambda member_id: True,
     ):
         self.run_id = run_id
+        self._link_up = link_up
         self.member_id = member_id
         self.address = address
         self._channel_factory = channel_factory
@@ -272,6 +284,7 @@ class Outbox:
                         self._channel_factory(address),
                         max_queue=self._max_queue,
                         chunk_bytes=self._chunk_bytes,
+                        link_up=lambda mid=mid: self._link_up(mid),
                     )
         for sender in stopped:
             threading.Thread(target=sender.close, daemon=True).start()
