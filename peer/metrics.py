@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import start_http_server
-from prometheus_client.core import REGISTRY, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from dasgd.v1 import peer_pb2
@@ -83,7 +83,9 @@ class StatusCollector(Collector):
 def serve_metrics(
     port: int, status: Callable[[], peer_pb2.StatusResponse], host: str = "127.0.0.1"
 ) -> int:
-    """Starts the /metrics endpoint; returns the bound port."""
-    REGISTRY.register(StatusCollector(status))
-    server, _thread = start_http_server(port, addr=host)
+    """Starts the /metrics endpoint; returns the bound port. Each daemon has
+    its own registry, so several can live in one process (tests, embedding)."""
+    registry = CollectorRegistry()
+    registry.register(StatusCollector(status))
+    server, _thread = start_http_server(port, addr=host, registry=registry)
     return server.server_port
