@@ -101,6 +101,7 @@ class PeerDaemon:
         self.resumed_step = 0
         self.checkpoint_step = 0
         self._checkpoint_lock = threading.Lock()
+        self.metrics_server = None
         self._cut_links: set[str] = set()
         self._fault_read_at = 0.0
         if config.checkpoint_dir:
@@ -234,7 +235,8 @@ class PeerDaemon:
             threading.Thread(target=self._checkpoint_loop, name="checkpoint", daemon=True).start()
         if self.config.metrics_port >= 0:
             host = split_host_port(self.config.listen)[0] or "127.0.0.1"
-            self.metrics_port = serve_metrics(self.config.metrics_port, self.status, host)
+            self.metrics_server = serve_metrics(self.config.metrics_port, self.status, host)
+            self.metrics_port = self.metrics_server.server_port
             log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
         self.trainer.start()
         self.membership.start()
@@ -550,4 +552,7 @@ class PeerDaemon:
         self.stopped.set()
         if self.server is not None:
             self.server.stop(grace=1.0)
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
+            self.metrics_server.server_close()
         log.info("peer %s stopped", self.member_id)

@@ -5,6 +5,7 @@ training loop pays nothing for them, and the numbers cannot disagree with
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from http.server import ThreadingHTTPServer
 
 from prometheus_client import start_http_server
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
@@ -82,10 +83,10 @@ class StatusCollector(Collector):
 
 def serve_metrics(
     port: int, status: Callable[[], peer_pb2.StatusResponse], host: str = "127.0.0.1"
-) -> int:
-    """Starts the /metrics endpoint; returns the bound port. Each daemon has
+) -> ThreadingHTTPServer:
+    """Starts the /metrics endpoint (`.server_port` is the bound port). Each daemon has
     its own registry, so several can live in one process (tests, embedding)."""
     registry = CollectorRegistry()
     registry.register(StatusCollector(status))
     server, _thread = start_http_server(port, addr=host, registry=registry)
-    return server.server_port
+    return server
