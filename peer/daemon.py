@@ -31,7 +31,7 @@ from peer.strategies import (
 from peer.strategies.base import CENTER, MODEL
 from peer.topology import neighbors as choose_neighbors
 from peer.trainer import Trainer
-from peer.transport import Outbox, PeerServicer, pull_model
+from peer.transport import Outbox, PeerServicer, add_peer_service, pull_model
 from peer.workloads import load_workload
 from rpc import Security, ServerHandle, make_channel, start_server
 from rpc.server import split_host_port
@@ -291,8 +291,7 @@ class PeerDaemon:
         return None
 
     def _register(self, server: grpc.Server) -> list[str]:
-        peer_pb2_grpc.add_PeerServicer_to_server(self.servicer, server)
-        return [peer_pb2.DESCRIPTOR.services_by_name["Peer"].full_name]
+        return [add_peer_service(server, self.servicer)]
 
     def _warm_start(self) -> None:
         """Joining a network that already trains: start from a neighbor's model."""

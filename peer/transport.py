@@ -7,6 +7,13 @@ checked for NaN/Inf, and only then handed to the trainer's inbox. A bad
 update aborts the stream with a status that says what was wrong; nothing of
 it reaches the model.
 
+Push bypasses protobuf objects for the payload, because at ~1 GB/s every
+copy of 100 MB shows: the sender hands gRPC ready-made Chunk wire bytes
+(`OutboundMessage.wire_frames`), and the server's request deserializer
+(`parse_chunk`) returns a data chunk as a view of the received bytes, so a
+chunk is copied once into its message and once into the assembly buffer.
+Header chunks and anything unusual go through protobuf as before.
+
 Sending: each neighbor has a sender thread with a bounded queue and one
 long-lived Push stream (a new RPC per update costs ~3x the CPU). The trainer
 only enqueues; when a queue is full, summable updates (gradients, deltas,
@@ -23,15 +30,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from dasgd.v1 import membership_pb2, peer_pb2, peer_pb2_grpc
 from peer import codec
 from peer.codec import TensorSpec
 from peer.strategies.base import CENTER_COMMIT, DELTA, GRADIENT, MODEL, ROUND_MODEL, Incoming
+from rpc.server import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +53,12 @@ CODEC_TO_WIRE = {
 CODEC_FROM_WIRE = {v: k for k, v in CODEC_TO_WIRE.items()}
 SUMMABLE = frozenset({GRADIENT, DELTA, CENTER_COMMIT})
 REPLACEABLE = frozenset({MODEL, ROUND_MODEL})
+PEER_SERVICE = peer_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
+PUSH_METHOD = f"/{PEER_SERVICE}/Push"
+# Chunk.data on the wire: field 2, wire type 2 (length-delimited).
+DATA_TAG = 0x12
+# Room for the tag and length of a data chunk within one gRPC message.
+MAX_CHUNK_BYTES = MAX_MESSAGE_BYTES - 16
 
 
 def kind_name(kind: int) -> str:
@@ -53,39 +69,90 @@ def specs_to_wire(specs: Sequence[TensorSpec]) -> list[peer_pb2.TensorSpec]:
     return [peer_pb2.TensorSpec(name=s.name, shape=list(s.shape), dtype=s.dtype) for s in specs]
 
 
+@lru_cache(maxsize=256)
+def data_prefix(size: int) -> bytes:
+    """Wire bytes that make a `size`-byte payload a serialized Chunk{data}."""
+    out = bytearray([DATA_TAG])
+    while size >= 0x80:
+        out.append(size & 0x7F | 0x80)
+        size >>= 7
+    out.append(size)
+    return bytes(out)
+
+
+def header_frame(header: peer_pb2.UpdateHeader) -> bytes:
+    return peer_pb2.Chunk(header=header).SerializeToString()
+
+
 class OutboundMessage:
-    """One update to send, encoded at most once however many neighbors get it."""
+    """One update to send, encoded at most once however many neighbors get it.
+
+    With one recipient the wire frames are made as they are sent (one chunk
+    in memory at a time); with several, the first sender makes them all and
+    the others send the same bytes.
+    """
 
     def __init__(
         self,
         header: peer_pb2.UpdateHeader,
         arrays: list[np.ndarray],
         codec_name: str,
+        recipients: int = 1,
     ):
         self.header = header
         self.arrays = arrays
         self.codec_name = codec_name
-        self._payload: memoryview | None = None
+        self.recipients = recipients
+        self._prepared = False
+        self._frames: tuple[int, list[bytes]] | None = None
         self._lock = threading.Lock()
 
     @property
     def kind(self) -> str:
         return kind_name(self.header.kind)
 
-    def encoded(self) -> tuple[peer_pb2.UpdateHeader, memoryview]:
+    def prepared_header(self) -> peer_pb2.UpdateHeader:
         with self._lock:
-            if self._payload is None:
-                scale = codec.f16_scale(self.arrays) if self.codec_name == codec.F16 else 1.0
-                self._payload = codec.encode(self.arrays, self.codec_name, scale)
-                self.header.scale = scale
-                self.header.total_bytes = len(self._payload)
-            return self.header, self._payload
+            self._prepare()
+            return self.header
+
+    def _prepare(self) -> None:
+        """Fills in scale and size; on the sender's thread, not the trainer's."""
+        if not self._prepared:
+            scale = codec.f16_scale(self.arrays) if self.codec_name == codec.F16 else 1.0
+            self.header.scale = scale
+            self.header.total_bytes = (
+                sum(a.size for a in self.arrays) * (codec.BYTES_PER_VALUE[self.codec_name])
+            )
+            self._prepared = True
+
+    def wire_frames(self, chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
+        """Serialized Chunks for Push: the header, then the data chunks."""
+        with self._lock:
+            self._prepare()
+            if self._frames is not None and self._frames[0] == chunk_bytes:
+                return iter(self._frames[1])
+            first = header_frame(self.header)
+            if self.recipients > 1:
+                frames = [first, *self._data_frames(chunk_bytes)]
+                self._frames = (chunk_bytes, frames)
+                return iter(frames)
+        return self._stream(first, chunk_bytes)
+
+    def _data_frames(self, chunk_bytes: int) -> Iterator[bytes]:
+        scale = self.header.scale or 1.0
+        return codec.iter_frames(self.arrays, self.codec_name, scale, chunk_bytes, data_prefix)
+
+    def _stream(self, first: bytes, chunk_bytes: int) -> Iterator[bytes]:
+        yield first
+        yield from self._data_frames(chunk_bytes)
 
     def merged_with(self, newer: OutboundMessage) -> OutboundMessage:
         """Sum of two summable updates; carries the newer sequence number and,
         per member, the older clock entry (the sum is as stale as its oldest part)."""
         header = peer_pb2.UpdateHeader()
-        header.CopyFrom(newer.header)
+        with newer._lock:  # another sender may be filling in its scale and size
+            header.CopyFrom(newer.header)
         header.clock_ticks = self.header.clock_ticks + newer.header.clock_ticks
         header.vector_clock.clear()
         for member in set(self.header.vector_clock) | set(newer.header.vector_clock):
@@ -94,6 +161,13 @@ class OutboundMessage:
             )
         arrays = [a + b for a, b in zip(self.arrays, newer.arrays)]
         return OutboundMessage(header, arrays, self.codec_name)
+
+
+def push_method(channel: grpc.Channel) -> grpc.StreamUnaryMultiCallable:
+    """Push that takes the wire bytes of each Chunk (`OutboundMessage.wire_frames`)."""
+    return channel.stream_unary(
+        PUSH_METHOD, request_serializer=None, response_deserializer=peer_pb2.PushAck.FromString
+    )
 
 
 @dataclass
@@ -123,7 +197,7 @@ class NeighborSender:
         self._link_up = link_up
         self.address = address
         self._channel = channel
-        self._stub = peer_pb2_grpc.PeerStub(channel)
+        self._push = push_method(channel)
         self._queue: deque[OutboundMessage] = deque()
         self._max_queue = max_queue
         self._chunk_bytes = chunk_bytes
@@ -197,15 +271,12 @@ class NeighborSender:
                 return None
             return self._queue.popleft()
 
-    def _requests(self, first: OutboundMessage) -> Iterator[peer_pb2.Chunk]:
+    def _requests(self, first: OutboundMessage) -> Iterator[bytes]:
         message: OutboundMessage | None = first
         while message is not None:
-            header, payload = message.encoded()
-            yield peer_pb2.Chunk(header=header)
-            for piece in codec.chunks(payload, self._chunk_bytes):
-                yield peer_pb2.Chunk(data=bytes(piece))
+            yield from message.wire_frames(self._chunk_bytes)
             self.stats.sent += 1
-            self.stats.bytes_sent += len(payload)
+            self.stats.bytes_sent += message.header.total_bytes
             message = self._next_message(self._idle_close_s)
             if message is not None and not self._link_up():
                 with self._cond:
@@ -224,7 +295,7 @@ class NeighborSender:
                     return
                 continue
             try:
-                self._call = self._stub.Push.future(self._requests(first))
+                self._call = self._push.future(self._requests(first))
                 self._call.result()
                 backoff = 0.2
             except grpc.RpcError as error:
@@ -256,6 +327,11 @@ class Outbox:
         chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         link_up: Callable[[str], bool] = lambda member_id: True,
     ):
+        if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
+            raise ValueError(
+                f"chunk size {chunk_bytes} bytes: must be 1 to {MAX_CHUNK_BYTES} "
+                f"(a chunk is one gRPC message, limited to {MAX_MESSAGE_BYTES} bytes)"
+            )
         self.run_id = run_id
         self._link_up = link_up
         self.member_id = member_id
@@ -315,13 +391,13 @@ class Outbox:
             clock_ticks=clock_ticks,
             sender_address=self.address,
         )
-        message = OutboundMessage(header, arrays, self.codec_name)
         with self._lock:
             targets = (
                 list(self._senders.values())
                 if to is None
                 else [s for mid, s in self._senders.items() if mid == to]
             )
+        message = OutboundMessage(header, arrays, self.codec_name, recipients=len(targets))
         for sender in targets:
             sender.offer(message)
 
@@ -346,6 +422,63 @@ class RejectedUpdate(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
+
+
+class MalformedChunk:
+    """What `parse_chunk` returns for bytes that are not a Chunk."""
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+
+def parse_chunk(raw: bytes) -> memoryview | peer_pb2.Chunk | MalformedChunk:
+    """Push's request deserializer.
+
+    A data chunk (nearly every message) is the tag 0x12, a varint length and
+    the payload: it comes back as a view of the payload, with no protobuf
+    object and no copy. Everything else is parsed by protobuf, so odd but
+    valid encodings mean what they mean. Garbage comes back as
+    MalformedChunk for Push to reject with INVALID_ARGUMENT; a deserializer
+    that raised would make gRPC answer INTERNAL.
+    """
+    end = len(raw)
+    if end > 1 and raw[0] == DATA_TAG:
+        length, shift, pos = 0, 0, 1
+        while pos < min(end, 11):
+            byte = raw[pos]
+            pos += 1
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                if pos + length == end:
+                    return memoryview(raw)[pos:]
+                break
+    try:
+        return peer_pb2.Chunk.FromString(raw)
+    except ProtobufDecodeError as error:
+        return MalformedChunk(str(error))
+
+
+def add_peer_service(server: grpc.Server, servicer: PeerServicer) -> str:
+    """Registers the Peer service; Push with `parse_chunk`, the rest as generated.
+
+    Returns the service's full name.
+    """
+    push = grpc.stream_unary_rpc_method_handler(
+        servicer.Push,
+        request_deserializer=parse_chunk,
+        response_serializer=peer_pb2.PushAck.SerializeToString,
+    )
+    # Ours first among generic handlers, and replacing the generated entry
+    # among registered ones (looked up first), so Push is ours either way.
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(PEER_SERVICE, {"Push": push}),)
+    )
+    peer_pb2_grpc.add_PeerServicer_to_server(servicer, server)
+    server.add_registered_method_handlers(PEER_SERVICE, {"Push": push})
+    return PEER_SERVICE
 
 
 class Node(Protocol):
@@ -440,7 +573,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                 )
             self._last_sequence[header.sender_id] = header.sequence
         try:
-            return codec.Assembler(local, codec_name, header.total_bytes)
+            return codec.Assembler(local, codec_name, header.total_bytes, header.scale or 1.0)
         except codec.DecodeError as error:
             raise RejectedUpdate(invalid, str(error)) from None
 
@@ -456,7 +589,17 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
         assembler: codec.Assembler | None = None
         try:
             for chunk in request_iterator:
-                which = chunk.WhichOneof("payload")
+                if isinstance(chunk, memoryview):  # a data chunk, from parse_chunk
+                    which, data = "data", chunk
+                elif isinstance(chunk, MalformedChunk):
+                    raise RejectedUpdate(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"request is not a valid {peer_pb2.Chunk.DESCRIPTOR.full_name} "
+                        f"message: {chunk.reason}",
+                    )
+                else:
+                    which = chunk.WhichOneof("payload")
+                    data = chunk.data if which == "data" else b""
                 if which == "header":
                     if assembler is not None:
                         raise RejectedUpdate(
@@ -472,10 +615,10 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                             grpc.StatusCode.INVALID_ARGUMENT, "data chunk before any header"
                         )
                     try:
-                        assembler.add(chunk.data)
+                        assembler.add(data)
                     except codec.DecodeError as error:
                         raise RejectedUpdate(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-                    self.bytes_received += len(chunk.data)
+                    self.bytes_received += len(data)
                 else:
                     raise RejectedUpdate(grpc.StatusCode.INVALID_ARGUMENT, "empty chunk")
                 if assembler is not None and assembler.complete:
@@ -495,7 +638,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
 
     def _deliver(self, header: peer_pb2.UpdateHeader, assembler: codec.Assembler) -> None:
         try:
-            arrays = assembler.arrays(header.scale or 1.0)
+            arrays = assembler.arrays()
         except codec.DecodeError as error:
             raise RejectedUpdate(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
         update = Incoming(
@@ -540,10 +683,11 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             arrays,
             codec_name,
         )
-        header, payload = message.encoded()
+        header = message.prepared_header()
         yield peer_pb2.Chunk(header=header)
-        for piece in codec.chunks(payload, self._chunk_bytes):
-            yield peer_pb2.Chunk(data=bytes(piece))
+        scale = header.scale or 1.0
+        for piece in codec.iter_frames(arrays, codec_name, scale, self._chunk_bytes):
+            yield peer_pb2.Chunk(data=piece)
 
     def Status(self, request, context):  # noqa: N802
         return self.node.status()
@@ -590,11 +734,13 @@ def pull_model(
                 raise codec.DecodeError("pulled model does not match the local model's tensors")
             if header.codec not in CODEC_FROM_WIRE:
                 raise codec.DecodeError(f"pulled model uses unknown codec {header.codec}")
-            assembler = codec.Assembler(specs, CODEC_FROM_WIRE[header.codec], header.total_bytes)
+            assembler = codec.Assembler(
+                specs, CODEC_FROM_WIRE[header.codec], header.total_bytes, header.scale or 1.0
+            )
         elif assembler is None:
             raise codec.DecodeError("data before header in pulled model")
         else:
             assembler.add(chunk.data)
     if assembler is None or header is None:
         raise codec.DecodeError("pull returned no model")
-    return assembler.arrays(header.scale or 1.0), dict(header.vector_clock)
+    return assembler.arrays(), dict(header.vector_clock)

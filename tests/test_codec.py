@@ -1,5 +1,8 @@
 """Codec: exact round trips for raw float32, bounded error for fp16/bf16,
-and an assembler that refuses anything the header did not promise."""
+wire frames identical to the packed encoding, an assembler that refuses
+anything the header did not promise, and receive buffers that are reused."""
+
+import gc
 
 import numpy as np
 import pytest
@@ -18,10 +21,10 @@ def arrays(seed: int = 0, scale: float = 1.0) -> list[np.ndarray]:
 def roundtrip(values, name, chunk_bytes=7):
     scale = codec.f16_scale(values) if name == codec.F16 else 1.0
     payload = codec.encode(values, name, scale)
-    assembler = codec.Assembler(SPECS, name, len(payload))
+    assembler = codec.Assembler(SPECS, name, len(payload), scale)
     for piece in codec.chunks(payload, chunk_bytes):
         assembler.add(bytes(piece))
-    return assembler.arrays(scale)
+    return assembler.arrays()
 
 
 def test_raw_roundtrip_is_byte_exact_across_odd_chunk_sizes():
@@ -73,3 +76,65 @@ def test_assembler_rejects_wrong_total_overflow_truncation_and_nan():
     assembler.add(bytes(codec.encode(poisoned, codec.RAW_F32)))
     with pytest.raises(codec.DecodeError, match="tensor b contains NaN"):
         assembler.arrays()
+
+
+@pytest.mark.parametrize("name", codec.CODECS)
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+@pytest.mark.parametrize("chunk_bytes", [1, 6, 16, 1 << 20])
+def test_frames_carry_exactly_the_packed_encoding(name, scale, chunk_bytes):
+    values = arrays(3)
+    frames = codec.frame_chunks(values, name, scale, chunk_bytes, prefix=lambda n: b"%d:" % n)
+    width = codec.BYTES_PER_VALUE[name]
+    bodies = []
+    for frame in frames:
+        size, _, body = frame.partition(b":")
+        assert int(size) == len(body) and len(body) % width == 0
+        assert len(body) <= max(chunk_bytes, width)
+        bodies.append(body)
+    assert b"".join(bodies) == bytes(codec.encode(values, name, scale))
+
+
+def test_frames_of_raw_float32_are_the_tensors_bytes():
+    values = arrays(4)
+    assert b"".join(codec.frame_chunks(values, codec.RAW_F32, chunk_bytes=20)) == b"".join(
+        v.tobytes() for v in values
+    )
+
+
+def test_bf16_rounds_to_nearest_even():
+    # 1 + 2^-8 is halfway between two bf16 neighbours: ties go to the even one (1.0);
+    # 1 + 3 * 2^-8 rounds up to 1 + 2^-6.
+    values = [np.array([1 + 2**-8, 1 + 3 * 2**-8, -2.5], dtype=np.float32)]
+    specs = [TensorSpec("x", (3,))]
+    decoded = codec.decode(codec.encode(values, codec.BF16), specs, codec.BF16)
+    assert decoded[0].tolist() == [1.0, 1 + 2**-6, -2.5]
+
+
+def test_receive_buffers_are_reused_once_the_arrays_are_gone():
+    pool = codec.BufferPool()
+    payload = bytes(codec.encode(arrays(), codec.RAW_F32))
+    first = codec.Assembler(SPECS, codec.RAW_F32, len(payload), pool=pool)
+    first.add(payload)
+    kept = first.arrays()[0]
+    del first
+    gc.collect()
+    second = codec.Assembler(SPECS, codec.RAW_F32, len(payload), pool=pool)
+    assert pool.reused == 0, "a buffer still viewed by a delivered array was lent again"
+    second.add(payload)
+    assert kept.tobytes() == arrays()[0].tobytes()
+    del second, kept
+    gc.collect()
+    codec.Assembler(SPECS, codec.RAW_F32, len(payload), pool=pool)
+    assert pool.reused == 1 and pool.allocated == 2
+
+
+@pytest.mark.parametrize("name", [codec.F16, codec.BF16])
+def test_a_value_split_across_chunks_is_decoded_once_whole(name):
+    values = arrays(5)
+    payload = bytes(codec.encode(values, name))
+    assembler = codec.Assembler(SPECS, name, len(payload))
+    assembler.add(payload[:3])  # one value and a half
+    assembler.add(payload[3:])
+    expected = codec.decode(payload, SPECS, name)
+    for got, want in zip(assembler.arrays(), expected):
+        assert got.tobytes() == want.tobytes()
