@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -159,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     local.add_argument("--ttl", type=float, default=5.0, help="bootstrap lease TTL")
     local.add_argument("--quiet", action="store_true", help="no live progress")
     local.add_argument("--log-dir", default="", help="keep each daemon's log here")
+    local.add_argument(
+        "--spawn",
+        choices=("fork", "exec"),
+        default="fork" if hasattr(os, "fork") else "exec",
+        help="fork: peers are forked from one process that imported torch once (fast "
+        "start-up); exec: each peer is a fresh interpreter",
+    )
     add_flags(
         local,
         exclude=(

@@ -30,13 +30,74 @@ from rpc import Security, make_channel
 LOCAL_ONLY = {"run_id", "log_level", "min_members"}
 
 
+class ForkedProcess:
+    """The Popen calls `local` needs, for a process the fork server started
+    (not our child: the fork server reaps it, so "gone" means exited)."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, 0)
+            except ProcessLookupError:
+                self.returncode = -1  # the exit status went to the fork server
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        end = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if end is not None and time.monotonic() > end:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(0.02)
+        return self.returncode
+
+
 @dataclass
 class Child:
     name: str
-    process: subprocess.Popen
+    process: subprocess.Popen | ForkedProcess
     log_path: Path
+    out_path: Path
     address: str = ""
     member_id: str = ""
+
+
+class ForkServer:
+    """Forks peers from one process that imported torch once (peer.forkserver)."""
+
+    def __init__(self, log_dir: Path):
+        self._log_dir = log_dir
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "peer.forkserver"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(log_dir / "forkserver.log", "wb"),  # noqa: SIM115
+            start_new_session=True,
+            text=True,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        if json.loads(self.process.stdout.readline() or "{}").get("ready") is not True:
+            raise RuntimeError(f"fork server did not start; see {log_dir / 'forkserver.log'}")
+
+    def spawn(self, name: str, argv: list[str]) -> Child:
+        out_path, log_path = self._log_dir / f"{name}.out", self._log_dir / f"{name}.log"
+        request = {"argv": argv, "stdout": str(out_path), "stderr": str(log_path)}
+        self.process.stdin.write(json.dumps(request) + "\n")
+        self.process.stdin.flush()
+        pid = json.loads(self.process.stdout.readline())["pid"]
+        return Child(name, ForkedProcess(pid), log_path, out_path)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.process.stdin.close()
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
 
 
 @dataclass
@@ -66,48 +127,36 @@ def _passthrough_flags(args: argparse.Namespace) -> list[str]:
 
 
 def _spawn(name: str, argv: list[str], log_dir: Path) -> Child:
-    log_path = log_dir / f"{name}.log"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    out_path, log_path = log_dir / f"{name}.out", log_dir / f"{name}.log"
     process = subprocess.Popen(
         argv,
-        stdout=subprocess.PIPE,
-        stderr=open(log_path, "wb"),  # noqa: SIM115 (owned by the child)
+        stdout=open(out_path, "wb"),  # noqa: SIM115 (owned by the child)
+        stderr=open(log_path, "wb"),  # noqa: SIM115
         stdin=subprocess.DEVNULL,
         start_new_session=True,
-        env=env,
-        text=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
     )
-    return Child(name, process, log_path)
+    return Child(name, process, log_path, out_path)
 
 
 def _read_address(child: Child, marker: str, timeout: float) -> str:
     """Waits for the child's `... listening on HOST:PORT` line."""
-    result: list[str] = []
-
-    def reader():
-        for line in child.process.stdout:
-            if marker in line:
-                result.append(line.strip())
-                break
-        # Keep draining so the child never blocks on a full pipe.
-        for _ in child.process.stdout:
-            pass
-
-    threading.Thread(target=reader, daemon=True).start()
     end = time.monotonic() + timeout
-    while not result:
+    while True:
+        with contextlib.suppress(OSError):
+            for line in child.out_path.read_text().splitlines():
+                if marker in line:
+                    return line.split()[-1]
         if child.process.poll() is not None:
             raise RuntimeError(
-                f"{child.name} exited with {child.process.returncode} during start-up; "
-                f"log: {child.log_path}\n{_tail(child.log_path)}"
+                f"{child.name} exited during start-up; log: {child.log_path}\n"
+                f"{_tail(child.log_path)}"
             )
         if time.monotonic() > end:
             raise RuntimeError(
                 f"{child.name} did not start within {timeout:.0f}s; log: {child.log_path}"
             )
         time.sleep(0.02)
-    words = result[0].split()
-    return words[-1]
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -266,9 +315,8 @@ def run_local(args: argparse.Namespace) -> int:
     run_id = getattr(args, "run_id", None) or f"local-{uuid.uuid4().hex[:6]}"
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="dasgd-local-"))
     log_dir.mkdir(parents=True, exist_ok=True)
-    _prepare_workload(workload)
-
     children: list[Child] = []
+    fork_server: ForkServer | None = None
     interrupted = threading.Event()
 
     def on_signal(signum, frame):
@@ -293,11 +341,12 @@ def run_local(args: argparse.Namespace) -> int:
             log_dir,
         )
         children.append(bootstrap)
+        if args.spawn == "fork":
+            fork_server = ForkServer(log_dir)
+        else:
+            _prepare_workload(workload)
         bootstrap.address = _read_address(bootstrap, "listening on", 30)
         common = [
-            sys.executable,
-            "-m",
-            "peer.cli",
             "run",
             "--bootstrap",
             bootstrap.address,
@@ -313,11 +362,11 @@ def run_local(args: argparse.Namespace) -> int:
         common += _passthrough_flags(args)
         peers = []
         for i in range(n):
-            child = _spawn(
-                f"peer{i}",
-                common + ["--shard", f"{i}/{n}", "--slowdown", str(slowdowns[i])],
-                log_dir,
-            )
+            peer_args = common + ["--shard", f"{i}/{n}", "--slowdown", str(slowdowns[i])]
+            if fork_server is not None:
+                child = fork_server.spawn(f"peer{i}", peer_args)
+            else:
+                child = _spawn(f"peer{i}", [sys.executable, "-m", "peer.cli", *peer_args], log_dir)
             children.append(child)
             peers.append(child)
         for child in peers:
@@ -386,5 +435,7 @@ def run_local(args: argparse.Namespace) -> int:
     finally:
         _terminate([c for c in children if c.name != "bootstrap"])
         _terminate([c for c in children if c.name == "bootstrap"])
+        if fork_server is not None:
+            fork_server.close()
         for s, handler in previous.items():
             signal.signal(s, handler)

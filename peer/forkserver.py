@@ -1,0 +1,92 @@
+"""Starts peer processes by forking one that has already imported torch.
+
+Importing torch (and the compiler machinery its optimizers pull in) costs
+~3 s of CPU per process; N peers starting at once on a small machine pay it
+N times and start-up grows with N. This server pays it once and forks each
+peer from there. It never imports gRPC, whose threads do not survive fork;
+each child imports it fresh.
+
+Protocol (one JSON object per line): request `{"argv": [...], "stdout":
+PATH, "stderr": PATH}` on stdin, reply `{"pid": N}` on stdout. Each child
+runs `dasgd-peer ARGV` in its own session (so its process group can be
+signalled). Closing stdin makes the server wait for its children and exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+
+
+def _preload() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    import torch._dynamo  # noqa: F401  (what torch.optim imports on first use)
+
+    from peer.workloads.digits import load_split
+
+    load_split()
+
+
+def _reap(signum=None, frame=None) -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _child(request: dict) -> None:
+    os.setsid()
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    stdin = os.open(os.devnull, os.O_RDONLY)
+    stdout = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    stderr = os.open(request["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    for fd, target in ((stdin, 0), (stdout, 1), (stderr, 2)):
+        os.dup2(fd, target)
+        os.close(fd)
+    sys.stdin = open(0, closefd=False)  # noqa: SIM115
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    code = 1
+    try:
+        from peer.cli import main
+
+        code = main(request["argv"])
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def serve() -> None:
+    _preload()
+    signal.signal(signal.SIGCHLD, _reap)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            _child(request)
+        print(json.dumps({"pid": pid}), flush=True)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            return
+
+
+if __name__ == "__main__":
+    serve()
