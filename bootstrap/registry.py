@@ -188,37 +188,46 @@ class _Run:
     members: dict[str, MemberRecord] = field(default_factory=dict)
 
 
+def _shown(value: object, limit: int = 64) -> str:
+    """`repr(value)`, cut short: an error that echoed a huge field back would
+    exceed the client's metadata limit and arrive as RESOURCE_EXHAUSTED."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
+
+
 def validate_name(what: str, value: str) -> None:
     if not isinstance(value, str) or not _NAME.fullmatch(value):
         raise InvalidArgument(
-            f"{what} {value!r} is invalid: use 1 to 128 characters of A-Z a-z 0-9 . _ -"
+            f"{what} {_shown(value)} is invalid: use 1 to 128 characters of A-Z a-z 0-9 . _ -"
         )
 
 
 def validate_address(address: str) -> None:
     """An address other peers will dial, so a wildcard is refused too."""
+    shown = _shown(address)
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
-        raise InvalidArgument(
-            f"address {address!r} is not HOST:PORT with a port from 1 to 65535"
-        )
+    # ASCII digits only and at most 5 of them: int() refuses "²" and numbers
+    # of more than 4300 digits with a ValueError, not an InvalidArgument.
+    digits = port.isascii() and port.isdigit() and len(port) <= 5
+    if not sep or not host or not digits or not 1 <= int(port) <= 65535:
+        raise InvalidArgument(f"address {shown} is not HOST:PORT with a port from 1 to 65535")
     if len(host) > MAX_HOST:
-        raise InvalidArgument(f"host of address {address!r} is longer than {MAX_HOST} characters")
+        raise InvalidArgument(f"host of address {shown} is longer than {MAX_HOST} characters")
     if host.startswith("[") and host.endswith("]"):
         try:
             ipaddress.IPv6Address(host[1:-1])
         except ValueError:
-            raise InvalidArgument(f"{host} in address {address!r} is not an IPv6 address") from None
+            raise InvalidArgument(f"{host} in address {shown} is not an IPv6 address") from None
         bare = host[1:-1]
     elif ":" in host:
-        raise InvalidArgument(f"address {address!r}: put an IPv6 host in brackets, [::1]:7100")
+        raise InvalidArgument(f"address {shown}: put an IPv6 host in brackets, [::1]:7100")
     elif not _HOST.fullmatch(host):
-        raise InvalidArgument(f"host {host!r} in address {address!r} is not a host name or IP")
+        raise InvalidArgument(f"host {host!r} in address {shown} is not a host name or IP")
     else:
         bare = host
     if bare in _WILDCARD_HOSTS:
         raise InvalidArgument(
-            f"address {address!r} is a wildcard that other peers cannot dial: "
+            f"address {shown} is a wildcard that other peers cannot dial: "
             "advertise a reachable HOST:PORT (--advertise)"
         )
 
@@ -229,7 +238,9 @@ def validate_labels(labels: Mapping[str, str] | None) -> Mapping[str, str]:
         raise InvalidArgument(f"{len(labels)} labels given, at most {MAX_LABELS} are allowed")
     for key, value in labels.items():
         if not isinstance(key, str) or not 1 <= len(key) <= MAX_LABEL_KEY:
-            raise InvalidArgument(f"label key {key!r} must be 1 to {MAX_LABEL_KEY} characters")
+            raise InvalidArgument(
+                f"label key {_shown(key)} must be 1 to {MAX_LABEL_KEY} characters"
+            )
         if not isinstance(value, str) or len(value) > MAX_LABEL_VALUE:
             raise InvalidArgument(
                 f"value of label {key!r} must be a string of at most {MAX_LABEL_VALUE} characters"

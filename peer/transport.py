@@ -417,6 +417,13 @@ class Outbox:
 # --- receiving ------------------------------------------------------------
 
 
+def shown(value: object, limit: int = 64) -> str:
+    """`repr(value)`, cut short: a status message that echoed a huge field
+    back would exceed the client's metadata limit (and flood the log)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}... ({len(text)} characters)"
+
+
 class RejectedUpdate(Exception):
     def __init__(self, code: grpc.StatusCode, message: str):
         super().__init__(message)
@@ -515,12 +522,12 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
         if header.run_id != node.run_id:
             raise RejectedUpdate(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"wrong run id {header.run_id!r}: this peer is in run {node.run_id!r}",
+                f"wrong run id {shown(header.run_id)}: this peer is in run {node.run_id!r}",
             )
         if not node.is_member(header.sender_id):
             raise RejectedUpdate(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"unknown sender {header.sender_id!r}: not a member of run {node.run_id!r} "
+                f"unknown sender {shown(header.sender_id)}: not a member of run {node.run_id!r} "
                 "(join the bootstrap first)",
             )
         kind = (
@@ -552,8 +559,9 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             if got.name != mine.name or tuple(got.shape) != mine.shape or got.dtype != mine.dtype:
                 raise RejectedUpdate(
                     invalid,
-                    f"tensor mismatch for {mine.name}: got {got.name} {tuple(got.shape)} "
-                    f"{got.dtype}, local model has {mine.name} {mine.shape} {mine.dtype} — "
+                    f"tensor mismatch for {mine.name}: got {shown(got.name)} "
+                    f"{shown(tuple(got.shape))} {shown(got.dtype)}, local model has {mine.name} "
+                    f"{mine.shape} {mine.dtype} — "
                     "is the sender running the same workload?",
                 )
         codec_name = CODEC_FROM_WIRE[header.codec]
@@ -661,7 +669,8 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                 context,
                 RejectedUpdate(
                     grpc.StatusCode.FAILED_PRECONDITION,
-                    f"wrong run id {request.run_id!r}: this peer is in run {self.node.run_id!r}",
+                    f"wrong run id {shown(request.run_id)}: "
+                    f"this peer is in run {self.node.run_id!r}",
                 ),
             )
         kind = kind_name(request.kind) if request.kind else MODEL
@@ -696,7 +705,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
         if request.run_id and request.run_id != self.node.run_id:
             context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
-                f"wrong run id {request.run_id!r}: this peer is in run {self.node.run_id!r}",
+                f"wrong run id {shown(request.run_id)}: this peer is in run {self.node.run_id!r}",
             )
         if request.known:
             self.node.learn_members(request.known)

@@ -39,6 +39,10 @@ PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 EXHAUSTED = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 Chunks = Iterable[peer_pb2.Chunk]
+# Status messages travel in a trailer that clients cap at 8-16 KiB; one that
+# echoes a huge field back would itself fail as RESOURCE_EXHAUSTED.
+MAX_DETAILS = 1024
+HUGE = 100_000
 
 
 def data(payload: bytes | memoryview) -> peer_pb2.Chunk:
@@ -130,6 +134,7 @@ class Target:
             send()
         error = raised.value
         assert error.code() == code, error.details()
+        assert len(error.details() or "") <= MAX_DETAILS, "a status message must stay short"
         for part in message_parts:
             assert part in (error.details() or ""), error.details()
         self.assert_unchanged(before, applied)
@@ -242,6 +247,25 @@ def test_wrong_tensor_name(target: Target):
     target.expect_push_rejected(
         [peer_pb2.Chunk(header=target.header(tensors=tensors))], INVALID, "not.a.parameter"
     )
+
+
+HUGE_FIELDS = {
+    "run-id": (dict(run_id="r" * HUGE), PRECONDITION, "wrong run id"),
+    "sender-id": (dict(sender_id="s" * HUGE), PRECONDITION, "unknown sender"),
+    "tensor-name": ("name", INVALID, "tensor mismatch"),
+    "tensor-dtype": ("dtype", INVALID, "tensor mismatch"),
+    "tensor-shape": ("shape", INVALID, "tensor mismatch"),
+}
+
+
+@pytest.mark.parametrize("fields, code, message", HUGE_FIELDS.values(), ids=HUGE_FIELDS)
+def test_huge_header_fields_get_a_short_answer(
+    target: Target, fields: dict | str, code: grpc.StatusCode, message: str
+):
+    if isinstance(fields, str):
+        value = [1] * HUGE if fields == "shape" else "x" * HUGE
+        fields = dict(tensors=_respec(target, 0, **{fields: value}))
+    target.expect_push_rejected(target.update(**fields), code, message)
 
 
 def test_wrong_dtype(target: Target):
@@ -428,6 +452,11 @@ def test_pull_with_wrong_run_id(target: Target):
 
     target.expect_rejected(pull, PRECONDITION, "wrong run id")
 
+    def pull_huge() -> None:
+        list(target.stub.Pull(peer_pb2.PullRequest(run_id="r" * HUGE), timeout=10))
+
+    target.expect_rejected(pull_huge, PRECONDITION, "wrong run id")
+
 
 def test_rejections_are_counted_in_status(target: Target):
     status = target.stub.Status(peer_pb2.StatusRequest(), timeout=5)
@@ -459,7 +488,7 @@ def _join_request(**fields: object) -> membership_pb2.JoinRequest:
 
 BAD_JOINS = [
     pytest.param(dict(run_id=""), INVALID, "run id", id="empty-run-id"),
-    pytest.param(dict(run_id="r" * 10_000), INVALID, "run id", id="huge-run-id"),
+    pytest.param(dict(run_id="r" * HUGE), INVALID, "run id", id="huge-run-id"),
     pytest.param(dict(run_id="a/b"), INVALID, "run id", id="slash-in-run-id"),
     pytest.param(dict(member_id="x" * 129), INVALID, "member id", id="long-member-id"),
     pytest.param(dict(member_id="p\n1"), INVALID, "member id", id="newline-in-member-id"),
@@ -468,10 +497,16 @@ BAD_JOINS = [
     pytest.param(dict(address="127.0.0.1"), INVALID, "HOST:PORT", id="no-port"),
     pytest.param(dict(address="127.0.0.1:0"), INVALID, "port", id="port-0"),
     pytest.param(dict(address="127.0.0.1:70000"), INVALID, "port", id="port-too-big"),
+    pytest.param(dict(address="h:" + "9" * 5000), INVALID, "HOST:PORT", id="port-of-5000-digits"),
+    pytest.param(dict(address="h:\u00b2"), INVALID, "HOST:PORT", id="superscript-port"),
+    pytest.param(dict(address="h:\u0661\u0662"), INVALID, "HOST:PORT", id="arabic-digit-port"),
     pytest.param(dict(address="0.0.0.0:7100"), INVALID, "wildcard", id="wildcard"),
     pytest.param(dict(address="::1:7100"), INVALID, "brackets", id="ipv6-no-brackets"),
     pytest.param(dict(address="[zz]:7100"), INVALID, "IPv6", id="bad-ipv6"),
-    pytest.param(dict(address="h" * 300 + ":1"), INVALID, "longer than", id="huge-host"),
+    pytest.param(dict(address="h" * 300 + ":1"), INVALID, "longer than", id="long-host"),
+    pytest.param(dict(address="h" * HUGE + ":1"), INVALID, "longer than", id="huge-host"),
+    pytest.param(dict(address="h" * HUGE), INVALID, "HOST:PORT", id="huge-address"),
+    pytest.param(dict(member_id="m" * HUGE), INVALID, "member id", id="huge-member-id"),
     pytest.param(dict(address="a b:1"), INVALID, "host", id="space-in-host"),
     pytest.param(
         dict(labels={f"k{i}": "v" for i in range(MAX_LABELS + 1)}),
@@ -480,7 +515,7 @@ BAD_JOINS = [
         id="too-many-labels",
     ),
     pytest.param(dict(labels={"": "v"}), INVALID, "label key", id="empty-label-key"),
-    pytest.param(dict(labels={"k" * 1000: "v"}), INVALID, "label key", id="huge-label-key"),
+    pytest.param(dict(labels={"k" * HUGE: "v"}), INVALID, "label key", id="huge-label-key"),
     pytest.param(dict(labels={"k": "v" * 10_000}), INVALID, "value of label", id="huge-label"),
     pytest.param(
         dict(labels={"k": "v" * (MAX_MESSAGE_BYTES + 10)}),
@@ -503,6 +538,7 @@ def test_malformed_join(
         membership.Join(_join_request(**fields), timeout=10)
     assert raised.value.code() == code, raised.value.details()
     assert message in raised.value.details()
+    assert len(raised.value.details()) <= MAX_DETAILS
     assert health_status(bootstrap.address) == "SERVING"
     listed = membership.ListMembers(membership_pb2.ListMembersRequest(run_id="join"), timeout=5)
     assert not listed.members
