@@ -41,6 +41,9 @@ class PeerConfig:
     step_delay_ms: float = _opt(0.0, "sleep this long after each step (emulate a slower device)")
     slowdown: float = _opt(1.0, "multiply --step-delay-ms by this factor")
     eval_every: int = _opt(10, "evaluate on the test split every N local steps")
+    eval_every_s: float = _opt(
+        0.25, "also evaluate this often (s) when received updates changed the model (0: off)"
+    )
     min_members: int = _opt(1, "wait until this many members (self included) joined to step")
     min_members_timeout_s: float = _opt(60.0, "stop waiting for --min-members after this long")
     max_steps: int = _opt(0, "stop after this many local steps (0: run until stopped)")

@@ -91,6 +91,7 @@ class PeerDaemon:
             send=self._send,
             inbox_size=config.inbox_size,
             eval_every=config.eval_every,
+            eval_every_s=config.eval_every_s,
             step_delay_s=config.step_delay_ms * config.slowdown / 1000.0,
             max_steps=config.max_steps,
         )

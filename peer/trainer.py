@@ -45,6 +45,7 @@ class Trainer:
         send: SendFn,
         inbox_size: int = 256,
         eval_every: int = 10,
+        eval_every_s: float = 0.0,
         step_delay_s: float = 0.0,
         max_steps: int = 0,
         clock: VectorClock | None = None,
@@ -53,15 +54,18 @@ class Trainer:
         self.workload = workload
         self.strategy = strategy
         self.send = send
-        self.inbox: queue.Queue[Incoming] = queue.Queue(maxsize=inbox_size)
+        # Received updates and requests to run on this thread, in arrival order:
+        # one queue, so waiting for either is one blocking get.
+        self.inbox: queue.Queue[Incoming | _Request] = queue.Queue(maxsize=inbox_size)
         self.eval_every = eval_every
+        self.eval_every_s = eval_every_s
+        self._applied_at_eval = 0
         self.step_delay_s = step_delay_s
         self.max_steps = max_steps
         self.clock = clock or VectorClock(member_id)
         self.staleness = StalenessTracker()
         self.applied_by_sender: dict[str, int] = {}
         self.stats = TrainerStats()
-        self._requests: queue.SimpleQueue[tuple[Callable[[], object], Future]] = queue.SimpleQueue()
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._thread: threading.Thread | None = None
@@ -96,83 +100,76 @@ class Trainer:
         """
         if not self.running or threading.get_ident() == self._loop_owner:
             return fn()
-        future: Future = Future()
-        self._requests.put((fn, future))
-        return future.result(timeout)
+        request = _Request(fn, Future())
+        self.inbox.put(request, timeout=timeout)
+        return request.future.result(timeout)
 
     # --- the loop ----------------------------------------------------------
     def _run(self) -> None:
         self._loop_owner = threading.get_ident()
         try:
             while not self._stop.is_set():
-                self._serve_requests()
                 self.drain_inbox()
                 for message in self.strategy.on_idle(time.time()):
                     self._emit(message)
                 if self._paused.is_set():
-                    self._wait_for_input(0.05)
+                    self._wait(0.05)
                     continue
                 if not self.strategy.ready_to_step():
-                    self._wait_for_update(0.01)
+                    self._wait(0.01)
                     continue
                 self.local_step()
                 if self.max_steps and self.stats.step >= self.max_steps:
                     break
                 if self.step_delay_s:
-                    self._wait_for_input(self.step_delay_s)
+                    self._wait(self.step_delay_s)
+                self._maybe_evaluate()
         except Exception:
             log.exception("training loop failed")
             raise
         finally:
-            self._serve_requests()
+            self._finish_requests()
             self._loop_owner = None
 
-    def _wait_for_input(self, seconds: float) -> None:
-        """Sleeps, but serves model requests as they come (Pull must not wait a step)."""
+    def _wait(self, seconds: float) -> None:
+        """Idles for `seconds` (an emulated slower device, a paused loop, a
+        synchronous round), applying updates and serving requests as they come:
+        received gradients are applied as soon as they arrive."""
         deadline = time.monotonic() + seconds
         while not self._stop.is_set():
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
             try:
-                fn, future = self._requests.get(timeout=min(remaining, 0.05))
-            except queue.Empty:
-                continue
-            self._run_request(fn, future)
-
-    def _wait_for_update(self, seconds: float) -> None:
-        """The strategy waits for others (a synchronous round): apply what arrives at once."""
-        try:
-            update = self.inbox.get(timeout=seconds)
-        except queue.Empty:
-            return
-        self.apply(update)
-
-    def _serve_requests(self) -> None:
-        while True:
-            try:
-                fn, future = self._requests.get_nowait()
+                item = self.inbox.get(timeout=remaining)
             except queue.Empty:
                 return
-            self._run_request(fn, future)
-
-    @staticmethod
-    def _run_request(fn: Callable[[], object], future: Future) -> None:
-        if not future.set_running_or_notify_cancel():
-            return
-        try:
-            future.set_result(fn())
-        except Exception as exc:  # handed to the caller
-            future.set_exception(exc)
+            self._handle(item)
 
     def drain_inbox(self) -> int:
         applied = 0
         while True:
             try:
-                update = self.inbox.get_nowait()
+                item = self.inbox.get_nowait()
             except queue.Empty:
                 return applied
-            applied += self.apply(update)
+            applied += self._handle(item)
+
+    def _handle(self, item: Incoming | _Request) -> bool:
+        if isinstance(item, _Request):
+            item.run()
+            return False
+        return self.apply(item)
+
+    def _finish_requests(self) -> None:
+        """The loop ended: answer waiting requests (updates are dropped)."""
+        while True:
+            try:
+                item = self.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, _Request):
+                item.run()
 
     def apply(self, update: Incoming) -> bool:
         update.staleness = self.clock.staleness_of(update.clock)
@@ -209,12 +206,25 @@ class Trainer:
         if stats.step % self.eval_every == 0:
             self.evaluate()
 
+    def _maybe_evaluate(self) -> None:
+        """Also evaluate every `eval_every_s` seconds if received updates changed
+        the model: a slow peer's accuracy then shows when it is reached, not
+        only every `eval_every` of its own slow steps."""
+        stats = self.stats
+        if (
+            self.eval_every_s
+            and stats.updates_applied != self._applied_at_eval
+            and time.time() - stats.accuracy_at >= self.eval_every_s
+        ):
+            self.evaluate()
+
     def _emit(self, message: Outgoing) -> None:
         if not self.strategy.clock_per_step and message.to is None:
             self.clock.tick(self.member_id, message.clock_ticks)
         self.send(message, self.clock.snapshot())
 
     def evaluate(self) -> None:
+        self._applied_at_eval = self.stats.updates_applied
         eval_loss, accuracy = self.workload.evaluate()
         self.stats.eval_loss, self.stats.accuracy = eval_loss, accuracy
         self.stats.accuracy_at = time.time()
@@ -224,3 +234,19 @@ class Trainer:
             return 0.0
         elapsed = time.time() - self.stats.first_step_at
         return self.stats.samples / elapsed if elapsed > 0 else 0.0
+
+
+class _Request:
+    """A function to run on the training thread, and its result."""
+
+    def __init__(self, fn: Callable[[], object], future: Future):
+        self.fn = fn
+        self.future = future
+
+    def run(self) -> None:
+        if not self.future.set_running_or_notify_cancel():
+            return
+        try:
+            self.future.set_result(self.fn())
+        except Exception as exc:  # handed to the caller
+            self.future.set_exception(exc)
