@@ -112,3 +112,21 @@ def peer_address_from_log(daemon) -> str:
         if "rpc.server: listening on" in line:
             return line.split("listening on ")[1].split()[0]
     return ""
+
+
+def test_leave_command_drains_and_exits_cleanly(spawn):
+    bootstrap = spawn("bootstrap", "run", "--listen", "127.0.0.1:0", "--ttl", "5").address()
+    peer = start_peer(spawn, bootstrap, "0/1")
+    address = peer.address()
+    wait_until(lambda: status(address).step > 10, 30)
+    cli = subprocess.run(
+        [sys.executable, "-m", "peer.cli", "leave", "--peer", address],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert cli.returncode == 0 and "is leaving" in cli.stdout, cli.stderr
+    assert peer.process.wait(10) == 0
+    assert member_ids(bootstrap, "e2e") == set()
+    assert "stopped" in peer.log()
