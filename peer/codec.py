@@ -38,7 +38,9 @@ CODECS = (RAW_F32, F16, BF16)
 BYTES_PER_VALUE = {RAW_F32: 4, F16: 2, BF16: 2}
 DEFAULT_CHUNK_BYTES = 1 << 20
 # torch converts float32 <-> float16/bfloat16 (round to nearest even) about
-# six times faster than numpy's float16 cast, which is not vectorized.
+# six times faster than numpy's float16 cast, which is not vectorized. Chunks
+# are small: with more than one torch thread on a busy machine the thread
+# hand-offs cost more than the conversion (the daemon runs torch on one).
 _HALF_DTYPES = {F16: torch.float16, BF16: torch.bfloat16}
 
 
@@ -68,8 +70,14 @@ F16_MAX = 65504.0
 
 
 def f16_scale(arrays: Sequence[np.ndarray]) -> float:
-    """Scale that keeps float16 values finite: 1 unless some |value| > F16_MAX."""
-    peak = max((float(np.abs(a).max()) for a in arrays if a.size), default=0.0)
+    """Scale that keeps float16 values finite: 1 unless some |value| > F16_MAX.
+
+    max and -min rather than abs().max(): no temporary the size of the
+    update. NaN propagates (np.max), so a NaN update gets a NaN scale,
+    which receivers refuse.
+    """
+    peaks = [np.maximum(a.max(), -a.min()) for a in arrays if a.size]
+    peak = float(np.max(peaks)) if peaks else 0.0
     return 1.0 if peak <= F16_MAX else peak / F16_MAX
 
 

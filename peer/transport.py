@@ -298,6 +298,8 @@ class NeighborSender:
                 self._call = self._push.future(self._requests(first))
                 self._call.result()
                 backoff = 0.2
+            except grpc.FutureCancelledError:
+                return  # close() cancelled the stream
             except grpc.RpcError as error:
                 self.stats.errors += 1
                 detail = f"{error.code().name}: {error.details()}"

@@ -1,0 +1,337 @@
+"""Transport: what a sender's bounded queue does when it is full (sum
+gradients, replace snapshots, count both), that it stays bounded and never
+blocks the trainer when the receiver stops reading, and the hand-made Push
+wire format (frames out, parsed views in) against protobuf's own."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+
+from dasgd.v1 import peer_pb2
+from peer import codec
+from peer.codec import TensorSpec
+from peer.strategies.base import GOSSIP_MODEL, GRADIENT, MODEL, Incoming
+from peer.transport import (
+    CODEC_TO_WIRE,
+    PUSH_METHOD,
+    MalformedChunk,
+    NeighborSender,
+    OutboundMessage,
+    Outbox,
+    PeerServicer,
+    add_peer_service,
+    data_prefix,
+    parse_chunk,
+    push_method,
+    specs_to_wire,
+)
+from rpc import make_channel
+
+SPECS = [TensorSpec("w", (4, 3)), TensorSpec("b", (3,))]
+
+
+def closed_port() -> int:
+    """A port nobody listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def values(fill: float) -> list[np.ndarray]:
+    return [np.full(s.shape, fill, dtype=np.float32) for s in SPECS]
+
+
+@pytest.fixture
+def paused_outbox() -> Iterator[Outbox]:
+    """An outbox with one neighbor whose link is down: nothing leaves the
+    queue, so its contents show exactly what `offer` did."""
+    outbox = Outbox(
+        "run",
+        "me",
+        "127.0.0.1:1",
+        lambda address: grpc.insecure_channel(address),
+        SPECS,
+        max_queue=2,
+        link_up=lambda member_id: False,
+    )
+    outbox.set_neighbors({"n1": f"127.0.0.1:{closed_port()}"})
+    yield outbox
+    outbox.close()
+
+
+def queued(outbox: Outbox) -> list[OutboundMessage]:
+    (sender,) = outbox.senders()
+    return list(sender._queue)
+
+
+def test_gradients_are_summed_when_the_queue_is_full(paused_outbox: Outbox):
+    paused_outbox.send(MODEL, values(9.0), {"me": 1})
+    paused_outbox.send(GRADIENT, values(1.0), {"me": 5, "a": 3}, clock_ticks=1)
+    paused_outbox.send(GRADIENT, values(2.0), {"me": 7, "a": 2, "b": 4}, clock_ticks=2)
+    first, merged = queued(paused_outbox)
+    assert first.kind == MODEL
+    assert merged.kind == GRADIENT
+    for array in merged.arrays:
+        np.testing.assert_array_equal(array, 3.0)
+    assert merged.header.clock_ticks == 3
+    # The sum is as stale as its oldest part: the older entry per member (0
+    # for a member one side had not heard of).
+    assert dict(merged.header.vector_clock) == {"me": 5, "a": 2, "b": 0}
+    (sender,) = paused_outbox.senders()
+    assert (sender.stats.coalesced, sender.stats.dropped) == (1, 0)
+    assert sender.queue_depth == 2
+
+
+def test_merged_update_carries_the_newer_sequence_number(paused_outbox: Outbox):
+    for fill in (1.0, 2.0, 3.0, 4.0):
+        paused_outbox.send(GRADIENT, values(fill), {"me": int(fill)})
+    older, merged = queued(paused_outbox)
+    assert merged.header.sequence > older.header.sequence
+    np.testing.assert_array_equal(merged.arrays[0], 2.0 + 3.0 + 4.0)
+    assert merged.header.clock_ticks == 3
+
+
+def test_a_model_snapshot_replaces_the_queued_one(paused_outbox: Outbox):
+    paused_outbox.send(MODEL, values(1.0), {"me": 1})
+    paused_outbox.send(GRADIENT, values(5.0), {"me": 1})
+    paused_outbox.send(MODEL, values(2.0), {"me": 2})
+    gradient, model = queued(paused_outbox)
+    assert (gradient.kind, model.kind) == (GRADIENT, MODEL)
+    np.testing.assert_array_equal(model.arrays[0], 2.0)
+    (sender,) = paused_outbox.senders()
+    assert (sender.stats.dropped, sender.stats.coalesced) == (1, 0)
+
+
+def test_gradients_of_different_rounds_are_not_summed(paused_outbox: Outbox):
+    paused_outbox.send(GRADIENT, values(1.0), {"me": 1}, round_=1)
+    paused_outbox.send(GRADIENT, values(2.0), {"me": 2}, round_=2)
+    paused_outbox.send(GRADIENT, values(3.0), {"me": 3}, round_=3)
+    assert [m.header.round for m in queued(paused_outbox)] == [2, 3]
+    (sender,) = paused_outbox.senders()
+    assert (sender.stats.dropped, sender.stats.coalesced) == (1, 0)
+
+
+def test_other_kinds_drop_the_oldest(paused_outbox: Outbox):
+    for fill in (1.0, 2.0, 3.0):
+        paused_outbox.send(GOSSIP_MODEL, values(fill), {"me": 1}, to="n1")
+    assert [m.arrays[0][0, 0] for m in queued(paused_outbox)] == [2.0, 3.0]
+    (sender,) = paused_outbox.senders()
+    assert sender.stats.dropped == 1
+
+
+# --- a receiver that never reads -------------------------------------------------------
+
+
+@pytest.fixture
+def stuck_receiver() -> Iterator[str]:
+    """A gRPC server whose Push accepts the stream and never reads from it."""
+    release = threading.Event()
+
+    def push(request_iterator, context):
+        release.wait(60)
+        context.abort(grpc.StatusCode.UNAVAILABLE, "going away")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    handler = grpc.stream_unary_rpc_method_handler(
+        push, response_serializer=peer_pb2.PushAck.SerializeToString
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("dasgd.v1.Peer", {"Push": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}"
+    release.set()
+    server.stop(0).wait(5)
+
+
+def test_queue_stays_bounded_and_send_never_blocks_when_the_receiver_never_reads(
+    stuck_receiver: str,
+):
+    max_queue = 4
+    specs = [TensorSpec("w", (256, 1024))]  # 1 MiB per update
+    outbox = Outbox("run", "me", "127.0.0.1:1", make_channel, specs, max_queue=max_queue)
+    outbox.set_neighbors({"n1": stuck_receiver})
+    (sender,) = outbox.senders()
+    update = [np.ones(specs[0].shape, dtype=np.float32)]
+    slowest = 0.0
+    try:
+        start = time.monotonic()
+        for step in range(300):  # 300 MiB: far beyond what HTTP/2 windows buffer
+            kind = MODEL if step % 10 == 0 else GRADIENT
+            before = time.monotonic()
+            outbox.send(kind, update, {"me": step})
+            slowest = max(slowest, time.monotonic() - before)
+            assert sender.queue_depth <= max_queue
+            if step % 50 == 0:
+                time.sleep(0.05)  # let the sender thread fill the stream
+        elapsed = time.monotonic() - start
+        assert sender.stats.coalesced > 0 and sender.stats.dropped > 0, sender.stats
+        assert sender.stats.sent < 300
+        assert sender.queue_depth == max_queue
+    finally:
+        outbox.close()
+    assert slowest < 0.5, f"one send took {slowest:.3f}s"
+    assert elapsed < 10, f"300 sends took {elapsed:.1f}s"
+
+
+# --- the Push wire format ----------------------------------------------------------
+
+
+def message(recipients: int, codec_name: str = codec.RAW_F32) -> OutboundMessage:
+    header = peer_pb2.UpdateHeader(
+        run_id="run",
+        sender_id="me",
+        sequence=7,
+        kind=peer_pb2.GRADIENT,
+        tensors=specs_to_wire(SPECS),
+        codec=CODEC_TO_WIRE[codec_name],
+        clock_ticks=1,
+    )
+    arrays = [np.arange(s.numel, dtype=np.float32).reshape(s.shape) for s in SPECS]
+    return OutboundMessage(header, arrays, codec_name, recipients)
+
+
+@pytest.mark.parametrize("codec_name", codec.CODECS)
+def test_wire_frames_are_chunks_protobuf_reads_the_same(codec_name: str):
+    outbound = message(1, codec_name)
+    frames = list(outbound.wire_frames(chunk_bytes=20))
+    parsed = [peer_pb2.Chunk.FromString(f) for f in frames]
+    assert parsed[0].WhichOneof("payload") == "header"
+    assert parsed[0].header.total_bytes == codec.payload_bytes(SPECS, codec_name)
+    assert all(c.WhichOneof("payload") == "data" for c in parsed[1:])
+    payload = b"".join(c.data for c in parsed[1:])
+    assert payload == bytes(codec.encode(outbound.arrays, codec_name, parsed[0].header.scale))
+    for frame, chunk in zip(frames[1:], parsed[1:]):
+        view = parse_chunk(frame)
+        assert isinstance(view, memoryview) and view.obj is frame  # no copy
+        assert bytes(view) == chunk.data
+
+
+def test_fan_out_serializes_once():
+    outbound = message(3)
+    first = list(outbound.wire_frames(chunk_bytes=16))
+    second = list(outbound.wire_frames(chunk_bytes=16))
+    assert len(first) > 2 and all(a is b for a, b in zip(first, second))
+
+
+def test_a_single_recipient_gets_frames_made_as_sent():
+    outbound = message(1)
+    first = list(outbound.wire_frames(chunk_bytes=16))
+    second = list(outbound.wire_frames(chunk_bytes=16))
+    assert first == second and first[1] is not second[1]
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 300, 1 << 20, 16 << 20])
+def test_data_prefix_is_protobufs(size: int):
+    serialized = peer_pb2.Chunk(data=b"\0" * size).SerializeToString()
+    assert data_prefix(size) == serialized[: len(serialized) - size]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(peer_pb2.Chunk(data=b"ab").SerializeToString() + b"\x18\x01", id="unknown"),
+        pytest.param(
+            peer_pb2.Chunk(data=b"ab").SerializeToString()
+            + peer_pb2.Chunk(header=peer_pb2.UpdateHeader(run_id="r")).SerializeToString(),
+            id="data-then-header",
+        ),
+        pytest.param(b"\x12\x02ab\x12\x01c", id="data-twice"),
+    ],
+)
+def test_unusual_but_valid_chunks_mean_what_protobuf_says(raw: bytes):
+    parsed = parse_chunk(raw)
+    assert isinstance(parsed, peer_pb2.Chunk)
+    assert parsed == peer_pb2.Chunk.FromString(raw)
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xff\xff\xff\x0f", b"\x12\x05ab", b"\x12\xff"])
+def test_garbage_parses_to_malformed(raw: bytes):
+    assert isinstance(parse_chunk(raw), MalformedChunk)
+
+
+class Node:
+    run_id = "run"
+    member_id = "receiver"
+    specs = SPECS
+    accepts = frozenset({GRADIENT})
+    max_update_bytes = 1 << 20
+
+    def __init__(self) -> None:
+        self.delivered: list[Incoming] = []
+
+    def is_member(self, member_id: str) -> bool:
+        return True
+
+    def deliver(self, update: Incoming) -> bool:
+        self.delivered.append(update)
+        return True
+
+    def count_rejection(self, code: grpc.StatusCode) -> None:
+        pass
+
+
+@pytest.fixture
+def plain_server() -> Iterator[tuple[str, Node]]:
+    """PeerServicer on a bare grpc.server: no interceptors to help it."""
+    node = Node()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    add_peer_service(server, PeerServicer(node))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", node
+    server.stop(0).wait(5)
+
+
+@pytest.mark.parametrize("codec_name", codec.CODECS)
+def test_push_delivers_through_the_hand_made_path(plain_server, codec_name: str):
+    address, node = plain_server
+    outbound = message(1, codec_name)
+    with grpc.insecure_channel(address) as channel:
+        ack = push_method(channel)(outbound.wire_frames(chunk_bytes=8), timeout=10)
+    assert ack.accepted == 1 and ack.last_sequence == 7
+    (update,) = node.delivered
+    for got, sent in zip(update.arrays, outbound.arrays):
+        np.testing.assert_allclose(got, sent, rtol=2**-8)
+
+
+def test_garbage_is_invalid_argument_without_any_interceptor(plain_server):
+    address, node = plain_server
+    with grpc.insecure_channel(address) as channel:
+        push = channel.stream_unary(PUSH_METHOD)
+        with pytest.raises(grpc.RpcError) as raised:
+            push(iter([b"\x12\x05ab"]), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "dasgd.v1.Chunk" in raised.value.details()
+    assert not node.delivered
+
+
+def test_chunk_size_beyond_the_message_limit_is_refused():
+    with pytest.raises(ValueError, match="chunk size"):
+        Outbox("run", "me", "a:1", make_channel, SPECS, chunk_bytes=64 << 20)
+
+
+def test_a_sender_to_a_closed_port_counts_errors_and_keeps_its_bound():
+    sender = NeighborSender(
+        "n1", "x", grpc.insecure_channel(f"127.0.0.1:{closed_port()}"), max_queue=3
+    )
+    try:
+        for _ in range(20):
+            sender.offer(message(1))
+            assert sender.queue_depth <= 3
+        deadline = time.monotonic() + 10
+        while sender.stats.errors == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert sender.stats.errors > 0
+    finally:
+        sender.close()
