@@ -452,3 +452,18 @@ def test_gossip_picks_partners_that_can_reply_on_an_asymmetric_topology():
     gossip = make_strategy("gossip", context, topology="exponential")
     # p1 sends to p2 and p3, never to p0; p2 sends to p3 and p0.
     assert gossip.partners() == ["p2"]
+
+
+def test_round_does_not_wait_for_a_neighbor_that_left():
+    peers = network("average", {"A": [1.0, 0.0], "B": [0.0, 1.0], "C": [1.0, 1.0]}, window=1)
+    a, b = peers["A"], peers["B"]
+    a.step()
+    b.step()
+    deliver_all(peers, ["B"])
+    a.strategy.on_idle(0.0)
+    assert not a.strategy.ready_to_step()
+    a.strategy.context.neighbors = ["B"]  # C left; the daemon updates the list
+    a.strategy.on_idle(0.1)
+    assert a.strategy.ready_to_step()
+    close(a.weights(), [0.95, -1.05])
+    assert a.strategy.missing_by_peer == {"C": 1}

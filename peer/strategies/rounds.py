@@ -93,8 +93,10 @@ class RoundStrategy(Strategy):
         if self.round_open:
             if self._deadline is None:
                 self._deadline = now + self.round_timeout_s
-            elif now >= self._deadline:
+            if now >= self._deadline:
                 self._close()
+            else:  # a neighbor may have left the network since the round opened
+                self._close_if_complete()
         return []
 
     def _close_if_complete(self) -> None:
