@@ -36,14 +36,18 @@ def _client_channel(args: argparse.Namespace) -> grpc.Channel:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from peer.daemon import PeerDaemon
-
-    config = load_config(args)
+    try:
+        config = load_config(args)
+    except (ValueError, OSError) as error:
+        print(f"dasgd-peer: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=config.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger(__name__).info("config:\n%s", config.describe())
+    from peer.daemon import PeerDaemon  # imports torch: only once the config is valid
+
     try:
         daemon = PeerDaemon(config)
         daemon.start()

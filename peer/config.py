@@ -76,6 +76,32 @@ class PeerConfig:
             raise ValueError(f"--shard {self.shard!r}: need 0 <= I < N")
         return i, n
 
+    def validate(self) -> PeerConfig:
+        """Fails at start-up, with the flag's name, instead of mid-run."""
+        from peer.codec import CODECS
+        from peer.topology import TOPOLOGIES
+
+        self.shard_pair()
+        if self.compression not in CODECS:
+            raise ValueError(f"--compression {self.compression!r}: choose {', '.join(CODECS)}")
+        if self.topology not in TOPOLOGIES:
+            raise ValueError(f"--topology {self.topology!r}: choose {', '.join(TOPOLOGIES)}")
+        for name in (
+            "queue_size",
+            "inbox_size",
+            "eval_every",
+            "chunk_kib",
+            "broadcast_every",
+            "fanout",
+            "min_members",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
+        for name in ("step_delay_ms", "slowdown", "eval_every_s", "checkpoint_every_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+        return self
+
     def describe(self) -> str:
         lines = []
         for f in dataclasses.fields(self):
@@ -136,4 +162,4 @@ def load_config(args: argparse.Namespace | None = None, environ: dict | None = N
     for name in fields:
         if args is not None and hasattr(args, name):
             values[name] = getattr(args, name)
-    return PeerConfig(**values)
+    return PeerConfig(**values).validate()

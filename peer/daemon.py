@@ -226,10 +226,10 @@ class PeerDaemon:
         self._on_members(self._member_list())
         if not joined:
             self._ask_seed_peers()
-        self.server.set_serving(True)
         self._wait_for_members()
         if self.config.warm_start:
             self._warm_start()
+        self.server.set_serving(True)  # joined (or on our own) and the model is ready
         self.trainer.evaluate()
         self.initial_accuracy = self.trainer.stats.accuracy
         if self.config.checkpoint_dir:

@@ -118,3 +118,36 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
                 return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s (last value: {value!r})")
+
+
+def peer_status(address: str):
+    from dasgd.v1 import peer_pb2, peer_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        return peer_pb2_grpc.PeerStub(channel).Status(peer_pb2.StatusRequest(), timeout=5)
+
+
+def member_ids(bootstrap: str, run_id: str) -> set[str]:
+    """Ids the bootstrap lists for `run_id`."""
+    from dasgd.v1 import membership_pb2, membership_pb2_grpc
+
+    with grpc.insecure_channel(bootstrap) as channel:
+        response = membership_pb2_grpc.MembershipStub(channel).ListMembers(
+            membership_pb2.ListMembersRequest(run_id=run_id), timeout=5
+        )
+    return {m.id for m in response.members}
+
+
+def start_peer(spawn: Callable[..., Daemon], bootstrap: str, run_id: str, *extra: str) -> Daemon:
+    """`dasgd-peer run` on 127.0.0.1:0 in `run_id` (digits-mlp, dasgd unless `extra` says)."""
+    return spawn(
+        "peer",
+        "run",
+        "--bootstrap",
+        bootstrap,
+        "--listen",
+        "127.0.0.1:0",
+        "--run-id",
+        run_id,
+        *extra,
+    )

@@ -3,18 +3,11 @@ a final checkpoint on SIGTERM, and warm start of late joiners."""
 
 import signal
 
-import grpc
 import pytest
 import torch
 
-from dasgd.v1 import peer_pb2, peer_pb2_grpc
 from peer import checkpoint
-from tests.conftest import wait_until
-
-
-def status(address: str) -> peer_pb2.StatusResponse:
-    with grpc.insecure_channel(address) as channel:
-        return peer_pb2_grpc.PeerStub(channel).Status(peer_pb2.StatusRequest(), timeout=5)
+from tests.conftest import peer_status, start_peer, wait_until
 
 
 def sample_state(step: int) -> dict:
@@ -52,15 +45,10 @@ def test_torn_checkpoint_falls_back_to_previous_and_garbage_is_an_error(tmp_path
     assert checkpoint.load(tmp_path / "empty") is None
 
 
-def start_peer(spawn, bootstrap, ckpt_dir, *extra):
-    return spawn(
-        "peer",
-        "run",
-        "--bootstrap",
+def run_peer(spawn, bootstrap, ckpt_dir, *extra):
+    return start_peer(
+        spawn,
         bootstrap,
-        "--listen",
-        "127.0.0.1:0",
-        "--run-id",
         "ckpt",
         "--checkpoint-dir",
         str(ckpt_dir),
@@ -75,24 +63,25 @@ def start_peer(spawn, bootstrap, ckpt_dir, *extra):
 @pytest.mark.slow
 def test_sigkill_then_restart_resumes_same_identity_and_sigterm_saves_final(spawn, tmp_path):
     bootstrap = spawn("bootstrap", "run", "--listen", "127.0.0.1:0", "--ttl", "2").address()
-    first = start_peer(spawn, bootstrap, tmp_path / "a")
+    first = run_peer(spawn, bootstrap, tmp_path / "a")
     peer_id = first.wait_for_line("listening on").split()[1]
     address = first.address()
     saved = wait_until(
-        lambda: status(address).checkpoint_step >= 60 and status(address).checkpoint_step, 60
+        lambda: peer_status(address).checkpoint_step >= 60 and peer_status(address).checkpoint_step,
+        60,
     )
     first.signal(signal.SIGKILL)
     first.process.wait(10)
     on_disk = checkpoint.load(tmp_path / "a")
     assert on_disk["member_id"] == peer_id and on_disk["step"] >= saved
 
-    second = start_peer(spawn, bootstrap, tmp_path / "a")
+    second = run_peer(spawn, bootstrap, tmp_path / "a")
     assert second.wait_for_line("listening on").split()[1] == peer_id
-    resumed = status(second.address())
+    resumed = peer_status(second.address())
     assert resumed.resumed_step == on_disk["step"]
     assert resumed.step >= on_disk["step"]
     assert resumed.initial_accuracy > 0.5  # the trained model came back, not a fresh init
-    wait_until(lambda: status(second.address()).step > on_disk["step"] + 20, 30)
+    wait_until(lambda: peer_status(second.address()).step > on_disk["step"] + 20, 30)
 
     second.signal(signal.SIGTERM)
     assert second.process.wait(10) == 0
@@ -104,14 +93,9 @@ def test_sigkill_then_restart_resumes_same_identity_and_sigterm_saves_final(spaw
 def test_late_joiner_warm_starts_from_a_neighbor(spawn, tmp_path):
     bootstrap = spawn("bootstrap", "run", "--listen", "127.0.0.1:0", "--ttl", "3").address()
     early = [
-        spawn(
-            "peer",
-            "run",
-            "--bootstrap",
+        start_peer(
+            spawn,
             bootstrap,
-            "--listen",
-            "127.0.0.1:0",
-            "--run-id",
             "warm",
             "--shard",
             f"{i}/3",
@@ -120,23 +104,18 @@ def test_late_joiner_warm_starts_from_a_neighbor(spawn, tmp_path):
     ]
     early_address = early[0].address()
     early[1].address()
-    wait_until(lambda: status(early_address).accuracy >= 0.9, 60)
-    late = spawn(
-        "peer",
-        "run",
-        "--bootstrap",
+    wait_until(lambda: peer_status(early_address).accuracy >= 0.9, 60)
+    late = start_peer(
+        spawn,
         bootstrap,
-        "--listen",
-        "127.0.0.1:0",
-        "--run-id",
         "warm",
         "--shard",
         "2/3",
     )
-    late_status = status(late.address())
+    late_status = peer_status(late.address())
     assert late_status.warm_started_from in {
-        status(early_address).id,
-        status(early[1].address()).id,
+        peer_status(early_address).id,
+        peer_status(early[1].address()).id,
     }
     # A fresh model scores ~0.1; one pulled from the network is already trained.
     assert late_status.initial_accuracy >= 0.85

@@ -3,20 +3,13 @@ survivors keep training, everyone reaches the target, checkpoints load."""
 
 import signal
 
-import grpc
 import pytest
 
-from dasgd.v1 import peer_pb2, peer_pb2_grpc
 from peer import checkpoint
-from tests.conftest import health_status, wait_until
+from tests.conftest import health_status, peer_status, start_peer, wait_until
 
 pytestmark = pytest.mark.slow
 PEERS = 5
-
-
-def status(address: str) -> peer_pb2.StatusResponse:
-    with grpc.insecure_channel(address) as channel:
-        return peer_pb2_grpc.PeerStub(channel).Status(peer_pb2.StatusRequest(), timeout=5)
 
 
 def test_kill_two_peers_and_bootstrap_then_restart_all_reach_target(spawn, tmp_path):
@@ -24,15 +17,10 @@ def test_kill_two_peers_and_bootstrap_then_restart_all_reach_target(spawn, tmp_p
     boot = spawn("bootstrap", "run", "--listen", "127.0.0.1:0", "--ttl", "2", "--state", str(state))
     boot_address = boot.address()
 
-    def start_peer(i: int):
-        return spawn(
-            "peer",
-            "run",
-            "--bootstrap",
+    def run_peer(i: int):
+        return start_peer(
+            spawn,
             boot_address,
-            "--listen",
-            "127.0.0.1:0",
-            "--run-id",
             "churn",
             "--shard",
             f"{i}/{PEERS}",
@@ -46,28 +34,28 @@ def test_kill_two_peers_and_bootstrap_then_restart_all_reach_target(spawn, tmp_p
             str(PEERS),
         )
 
-    peers = [start_peer(i) for i in range(PEERS)]
+    peers = [run_peer(i) for i in range(PEERS)]
     addresses = [p.address() for p in peers]
     ids = [p.wait_for_line("listening on").split()[1] for p in peers]
-    wait_until(lambda: all(status(a).checkpoint_step >= 20 for a in addresses), 60)
+    wait_until(lambda: all(peer_status(a).checkpoint_step >= 20 for a in addresses), 60)
 
     for victim in (peers[3], peers[4], boot):
         victim.signal(signal.SIGKILL)
         victim.process.wait(10)
     survivors = addresses[:3]
-    before = [status(a).step for a in survivors]
-    wait_until(lambda: all(status(a).step > s + 30 for a, s in zip(survivors, before)), 30)
+    before = [peer_status(a).step for a in survivors]
+    wait_until(lambda: all(peer_status(a).step > s + 30 for a, s in zip(survivors, before)), 30)
     assert all(health_status(a) == "SERVING" for a in survivors)
 
     boot = spawn("bootstrap", "run", "--listen", boot_address, "--ttl", "2", "--state", str(state))
     assert boot.address() == boot_address
     for i in (3, 4):
-        peers[i] = start_peer(i)
+        peers[i] = run_peer(i)
         addresses[i] = peers[i].address()
         assert peers[i].wait_for_line("listening on").split()[1] == ids[i]  # same identity
-        assert status(addresses[i]).resumed_step >= 20
+        assert peer_status(addresses[i]).resumed_step >= 20
 
-    wait_until(lambda: all(status(a).accuracy >= 0.95 for a in addresses), 90, interval=0.5)
+    wait_until(lambda: all(peer_status(a).accuracy >= 0.95 for a in addresses), 90, interval=0.5)
     assert all(p.process.poll() is None for p in peers)
     for i in range(PEERS):
         assert checkpoint.load(tmp_path / f"peer{i}")["member_id"] == ids[i]

@@ -6,37 +6,17 @@ import socket
 import subprocess
 import sys
 
-import grpc
 import pytest
 
-from dasgd.v1 import membership_pb2, membership_pb2_grpc, peer_pb2, peer_pb2_grpc
-from tests.conftest import ROOT, health_status, wait_until
+from tests.conftest import ROOT, health_status, member_ids, peer_status, start_peer, wait_until
 
 pytestmark = pytest.mark.slow
 
 
-def status(address: str) -> peer_pb2.StatusResponse:
-    with grpc.insecure_channel(address) as channel:
-        return peer_pb2_grpc.PeerStub(channel).Status(peer_pb2.StatusRequest(), timeout=5)
-
-
-def member_ids(bootstrap: str, run_id: str) -> set[str]:
-    with grpc.insecure_channel(bootstrap) as channel:
-        response = membership_pb2_grpc.MembershipStub(channel).ListMembers(
-            membership_pb2.ListMembersRequest(run_id=run_id), timeout=5
-        )
-    return {m.id for m in response.members}
-
-
-def start_peer(spawn, bootstrap: str, shard: str, *extra: str):
-    return spawn(
-        "peer",
-        "run",
-        "--bootstrap",
+def run_peer(spawn, bootstrap: str, shard: str, *extra: str):
+    return start_peer(
+        spawn,
         bootstrap,
-        "--listen",
-        "127.0.0.1:0",
-        "--run-id",
         "e2e",
         "--workload",
         "digits-mlp",
@@ -52,8 +32,8 @@ def start_peer(spawn, bootstrap: str, shard: str, *extra: str):
 
 def test_two_peers_exchange_survive_a_kill_and_stop_cleanly(spawn):
     bootstrap = spawn("bootstrap", "run", "--listen", "127.0.0.1:0", "--ttl", "2").address()
-    a = start_peer(spawn, bootstrap, "0/2")
-    b = start_peer(spawn, bootstrap, "1/2")
+    a = run_peer(spawn, bootstrap, "0/2")
+    b = run_peer(spawn, bootstrap, "1/2")
     a_addr, b_addr = a.address(), b.address()
     a_id, b_id = (
         a.wait_for_line("listening on").split()[1],
@@ -63,7 +43,7 @@ def test_two_peers_exchange_survive_a_kill_and_stop_cleanly(spawn):
         assert wait_until(lambda address=address: health_status(address) == "SERVING", 30)
 
     def applied_from(address, other):
-        return {n.id: n.updates_applied for n in status(address).neighbors}.get(other, 0)
+        return {n.id: n.updates_applied for n in peer_status(address).neighbors}.get(other, 0)
 
     assert wait_until(lambda: applied_from(a_addr, b_id) > 20, 30)
     assert wait_until(lambda: applied_from(b_addr, a_id) > 20, 30)
@@ -79,15 +59,17 @@ def test_two_peers_exchange_survive_a_kill_and_stop_cleanly(spawn):
     assert shown["id"] == a_id and int(shown["updatesApplied"]) > 0
     assert "avg" in shown["staleness"]
 
-    assert b_id in {n.id for n in status(a_addr).neighbors if n.sending}
+    assert b_id in {n.id for n in peer_status(a_addr).neighbors if n.sending}
     b.signal(signal.SIGKILL)
     b.process.wait(10)
-    step_at_kill = status(a_addr).step
+    step_at_kill = peer_status(a_addr).step
     # The bootstrap expires the dead member after its TTL ...
     assert wait_until(lambda: member_ids(bootstrap, "e2e") == {a_id}, 15)
     # ... the survivor stops sending to it, and keeps training and serving.
-    assert wait_until(lambda: b_id not in {n.id for n in status(a_addr).neighbors if n.sending}, 15)
-    assert wait_until(lambda: status(a_addr).step > step_at_kill + 50, 30)
+    assert wait_until(
+        lambda: b_id not in {n.id for n in peer_status(a_addr).neighbors if n.sending}, 15
+    )
+    assert wait_until(lambda: peer_status(a_addr).step > step_at_kill + 50, 30)
     assert health_status(a_addr) == "SERVING"
     assert a.process.poll() is None
 
@@ -100,7 +82,7 @@ def test_health_is_not_serving_until_the_peer_has_joined(spawn):
     with socket.socket() as s:  # a free port for a bootstrap that starts later
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    peer = start_peer(spawn, f"127.0.0.1:{port}", "0/1", "--listen", "127.0.0.1:0")
+    peer = run_peer(spawn, f"127.0.0.1:{port}", "0/1", "--listen", "127.0.0.1:0")
     # The server is up (it answers health) but the peer has not joined.
     wait_until(lambda: health_status(peer_address_from_log(peer)) == "NOT_SERVING", 30)
     spawn("bootstrap", "run", "--listen", f"127.0.0.1:{port}", "--ttl", "5").address()
@@ -116,9 +98,9 @@ def peer_address_from_log(daemon) -> str:
 
 def test_leave_command_drains_and_exits_cleanly(spawn):
     bootstrap = spawn("bootstrap", "run", "--listen", "127.0.0.1:0", "--ttl", "5").address()
-    peer = start_peer(spawn, bootstrap, "0/1")
+    peer = run_peer(spawn, bootstrap, "0/1")
     address = peer.address()
-    wait_until(lambda: status(address).step > 10, 30)
+    wait_until(lambda: peer_status(address).step > 10, 30)
     cli = subprocess.run(
         [sys.executable, "-m", "peer.cli", "leave", "--peer", address],
         capture_output=True,

@@ -9,10 +9,9 @@ import grpc
 import numpy as np
 import pytest
 
-from dasgd.v1 import peer_pb2, peer_pb2_grpc
 from peer.codec import TensorSpec
 from peer.transport import pull_model
-from tests.conftest import health_status, wait_until
+from tests.conftest import health_status, peer_status, start_peer, wait_until
 
 pytestmark = pytest.mark.slow
 SPECS = [
@@ -21,11 +20,6 @@ SPECS = [
     TensorSpec("2.weight", (10, 128)),
     TensorSpec("2.bias", (10,)),
 ]
-
-
-def status(address: str) -> peer_pb2.StatusResponse:
-    with grpc.insecure_channel(address) as channel:
-        return peer_pb2_grpc.PeerStub(channel).Status(peer_pb2.StatusRequest(), timeout=5)
 
 
 def model(address: str) -> np.ndarray:
@@ -42,14 +36,9 @@ def test_cut_peer_keeps_training_and_models_reconverge_after_heal(spawn, tmp_pat
     boot = spawn("bootstrap", "run", "--listen", "127.0.0.1:0", "--ttl", "5").address()
     faults = [tmp_path / "a.cut", tmp_path / "b.cut"]
     peers = [
-        spawn(
-            "peer",
-            "run",
-            "--bootstrap",
+        start_peer(
+            spawn,
             boot,
-            "--listen",
-            "127.0.0.1:0",
-            "--run-id",
             "cut",
             "--shard",
             f"{i}/2",
@@ -61,24 +50,26 @@ def test_cut_peer_keeps_training_and_models_reconverge_after_heal(spawn, tmp_pat
         for i in range(2)
     ]
     a, b = (p.address() for p in peers)
-    wait_until(lambda: status(a).updates_applied > 30 and status(b).updates_applied > 30, 30)
+    wait_until(
+        lambda: peer_status(a).updates_applied > 30 and peer_status(b).updates_applied > 30, 30
+    )
     joined = distance(a, b)
 
     for fault in faults:
         fault.write_text("*")
     time.sleep(0.5)
-    applied_at_cut = status(a).updates_applied
-    steps_at_cut = (status(a).step, status(b).step)
+    applied_at_cut = peer_status(a).updates_applied
+    steps_at_cut = (peer_status(a).step, peer_status(b).step)
     time.sleep(4)
     cut = distance(a, b)
-    assert status(a).updates_applied <= applied_at_cut + 2  # nothing crosses the cut
-    assert status(a).step > steps_at_cut[0] + 50 and status(b).step > steps_at_cut[1] + 50
+    assert peer_status(a).updates_applied <= applied_at_cut + 2  # nothing crosses the cut
+    assert peer_status(a).step > steps_at_cut[0] + 50 and peer_status(b).step > steps_at_cut[1] + 50
     assert health_status(a) == "SERVING" and health_status(b) == "SERVING"
     assert cut > 3 * joined, (joined, cut)  # each trained on its own shard only
 
     for fault in faults:
         fault.unlink()
-    wait_until(lambda: status(a).updates_applied > applied_at_cut + 20, 20)
+    wait_until(lambda: peer_status(a).updates_applied > applied_at_cut + 20, 20)
     healed = wait_until(lambda: (d := distance(a, b)) < cut / 3 and d, 20)
     assert healed < cut / 3, (joined, cut, healed)
-    assert abs(status(a).accuracy - status(b).accuracy) < 0.05
+    assert abs(peer_status(a).accuracy - peer_status(b).accuracy) < 0.05
