@@ -16,7 +16,7 @@ from google.protobuf import json_format
 from dasgd.v1 import peer_pb2, peer_pb2_grpc
 from peer.config import add_flags, load_config
 from rpc import Security, make_channel
-from rpc.server import InsecureListenError
+from rpc.server import InsecureListenError, check_listen_address
 
 
 def _client_security_flags(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +38,14 @@ def _client_channel(args: argparse.Namespace) -> grpc.Channel:
 def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = load_config(args)
+        security = Security.from_files(
+            config.token_file or None,
+            config.tls_cert or None,
+            config.tls_key or None,
+            config.tls_ca or None,
+            config.insecure,
+        )
+        check_listen_address(config.listen, security)
     except (ValueError, OSError) as error:
         print(f"dasgd-peer: {error}", file=sys.stderr)
         return 2
@@ -49,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from peer.daemon import PeerDaemon  # imports torch: only once the config is valid
 
     try:
-        daemon = PeerDaemon(config)
+        daemon = PeerDaemon(config, security)
         daemon.start()
     except (InsecureListenError, ValueError, OSError) as error:
         print(f"dasgd-peer: {error}", file=sys.stderr)

@@ -334,7 +334,14 @@ class PeerDaemon:
         self._update_neighbors()
 
     def learn_members(self, members: Sequence[membership_pb2.Member]) -> None:
-        """Peer exchange: adds members others know (never removes)."""
+        """Peer exchange: adds members others know (never removes).
+
+        Only while the bootstrap is unreachable: when it answers, its list is
+        the truth, and a ListPeers caller must not be able to make itself a
+        member by naming itself.
+        """
+        if self.membership is not None and self.membership.connected:
+            return
         changed = False
         with self._members_lock:
             for m in members:
