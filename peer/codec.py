@@ -24,6 +24,7 @@ about as long as receiving the bytes in the first place.
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,12 @@ BF16 = "bf16"
 CODECS = (RAW_F32, F16, BF16)
 BYTES_PER_VALUE = {RAW_F32: 4, F16: 2, BF16: 2}
 DEFAULT_CHUNK_BYTES = 1 << 20
+# Received chunks are read-only bytes that torch converts from and never
+# writes to. torch warns once per process that a tensor over a read-only
+# buffer could be written to; have that once here, silenced.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    torch.frombuffer(b"\0\0", dtype=torch.float16)
 # torch converts float32 <-> float16/bfloat16 (round to nearest even) about
 # six times faster than numpy's float16 cast, which is not vectorized. Chunks
 # are small: with more than one torch thread on a busy machine the thread
@@ -72,12 +79,12 @@ F16_MAX = 65504.0
 def f16_scale(arrays: Sequence[np.ndarray]) -> float:
     """Scale that keeps float16 values finite: 1 unless some |value| > F16_MAX.
 
-    max and -min rather than abs().max(): no temporary the size of the
-    update. NaN propagates (np.max), so a NaN update gets a NaN scale,
-    which receivers refuse.
+    One min-max pass rather than abs().max(): no temporary the size of the
+    update. NaN propagates, so a NaN update gets a NaN scale, which
+    receivers refuse.
     """
-    peaks = [np.maximum(a.max(), -a.min()) for a in arrays if a.size]
-    peak = float(np.max(peaks)) if peaks else 0.0
+    peaks = [torch.aminmax(torch.from_numpy(np.asarray(a))) for a in arrays if a.size]
+    peak = float(torch.stack([torch.maximum(hi, -lo) for lo, hi in peaks]).max()) if peaks else 0.0
     return 1.0 if peak <= F16_MAX else peak / F16_MAX
 
 
@@ -243,12 +250,13 @@ RECEIVE_POOL = BufferPool()
 
 
 class Assembler:
-    """Receives the chunks of one update into a preallocated buffer.
+    """Receives the chunks of one update into a preallocated float32 buffer.
 
-    Values are converted to float32, multiplied by `scale` and checked for
-    NaN/Inf as their chunk arrives; a bad value is reported by `arrays()`,
-    after the payload is complete, so a truncated stream still reads as
-    truncated.
+    Raw float32 is copied in as it comes; fp16/bf16 chunks are converted
+    straight from the received bytes, with no staging copy. Values are
+    multiplied by `scale` and checked for NaN/Inf as their chunk arrives,
+    while it is in cache; a bad value is reported by `arrays()`, after the
+    payload is complete, so a truncated stream still reads as truncated.
     """
 
     def __init__(
@@ -270,41 +278,55 @@ class Assembler:
         self.specs = list(specs)
         self.codec = codec
         self.scale = scale
+        self.total_bytes = total_bytes
         self._scaled = scale not in (0.0, 1.0)
         self._width = BYTES_PER_VALUE[codec]
-        self._bytes = pool.take(total_bytes)
-        self._view = memoryview(self._bytes)
-        numel = total_bytes // self._width
-        if codec == RAW_F32:
-            self._values = self._bytes.view(np.float32)
-        else:
-            self._values = pool.take(numel * 4).view(np.float32)
-            self._halves = torch.from_numpy(self._bytes.view(np.int16)).view(_HALF_DTYPES[codec])
+        self._values = pool.take(total_bytes // self._width * 4).view(np.float32)
+        self._bytes = memoryview(self._values).cast("B")  # raw float32 lands here
+        self._half = _HALF_DTYPES.get(codec)
+        self._partial = b""  # the first byte of a value split between chunks
         self.received = 0
         self._converted = 0  # values converted and checked so far
         self._bad_tensor: str | None = None
 
     @property
     def complete(self) -> bool:
-        return self.received == len(self._bytes)
+        return self.received == self.total_bytes
 
     def add(self, data: bytes | memoryview) -> None:
-        end = self.received + len(data)
-        if end > len(self._bytes):
+        start = self.received
+        end = start + len(data)
+        if end > self.total_bytes:
             raise DecodeError(
-                f"payload overflows: {end} bytes received, header announced {len(self._bytes)}"
+                f"payload overflows: {end} bytes received, header announced {self.total_bytes}"
             )
-        self._view[self.received : end] = data
         self.received = end
-        self._convert(end // self._width)
+        if self._half is None:
+            self._bytes[start:end] = data
+            self._check(end // 4)
+            return
+        if self._partial:
+            self._convert_halves(self._partial + bytes(data[:1]))
+            self._partial = b""
+            data = memoryview(data)[1:]
+        whole = len(data) & ~1
+        if whole:
+            self._convert_halves(data[:whole])
+        self._partial = bytes(data[whole:])
 
-    def _convert(self, upto: int) -> None:
+    def _convert_halves(self, data: bytes | memoryview) -> None:
+        start = self._converted
+        upto = start + len(data) // 2
+        halves = torch.frombuffer(data, dtype=self._half)
+        torch.from_numpy(self._values[start:upto]).copy_(halves)
+        self._check(upto)
+
+    def _check(self, upto: int) -> None:
+        """Scales and checks the values converted since the last call."""
         start = self._converted
         if upto <= start:
             return
         values = self._values[start:upto]
-        if self.codec != RAW_F32:
-            torch.from_numpy(values).copy_(self._halves[start:upto])
         if self._scaled:
             # Scale before the finiteness check: finite values times a
             # finite scale can still overflow to Inf.
@@ -331,7 +353,7 @@ class Assembler:
                 "scaled as they arrive, so give the scale when creating the Assembler"
             )
         if not self.complete:
-            raise DecodeError(f"truncated payload: {self.received} of {len(self._bytes)} bytes")
+            raise DecodeError(f"truncated payload: {self.received} of {self.total_bytes} bytes")
         if self._bad_tensor is not None:
             after = f" after scaling by {self.scale:g}" if self._scaled else ""
             raise DecodeError(f"tensor {self._bad_tensor} contains NaN or Inf values{after}")
