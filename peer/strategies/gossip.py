@@ -79,8 +79,10 @@ class Gossip(Strategy):
 
     def after_local_step(self, step: int) -> list[Outgoing]:
         self._steps += 1
+        if self.partner is not None:
+            return []
         candidates = self.partners()
-        if self.partner is not None or not candidates:
+        if not candidates:
             return []
         self.partner = self._rng.choice(candidates)
         self._deadline = None  # set by the next on_idle, which knows the time
