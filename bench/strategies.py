@@ -4,7 +4,7 @@ For each strategy: 4 peers on digits-mlp with a 20 ms emulated step
 (`dasgd-peer local --step-delay-ms 20`), once with equal peers and once with
 peer 0 four times slower (`--slowdowns 4,1,1,1`). Records the time until every
 peer reaches 95% test accuracy (from launch, and from the moment all peers
-step), the accuracy 30 s after launch, staleness (overall and the
+step), the accuracy 30 s after all peers step, staleness (overall and the
 straggler's) and bytes sent. Writes a table into bench/RESULTS.md (section
 "## Strategies", with the commands) and a PNG of the accuracy curves.
 
@@ -13,15 +13,17 @@ straggler's) and bytes sent. Writes a table into bench/RESULTS.md (section
     .venv/bin/python bench/strategies.py --json --no-write    # rows only
 
 Accuracy curves come from the live progress lines of `dasgd-peer local`
-(one per second). Accuracy at 30 s is read from the curve when the run lasted
-that long; a run that reached the target sooner is repeated with
-`--max-seconds 30` and an unreachable target, and its final accuracies are used.
+(one per second). Accuracy at 30 s (counted, like the times, from the moment
+all peers step) is read from the curve when the run lasted that long; a run
+that reached the target sooner is repeated with an unreachable target and a
+time limit just past that point.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -102,10 +104,11 @@ def run_cluster(command: list[str], summary_path: Path, timeout: float) -> Clust
 
 
 def accuracy_at(run: ClusterRun, seconds: float) -> list[float] | None:
-    """The peers' accuracies at `seconds` after launch, if the run lasted that long."""
-    if run.summary["wall_s"] < seconds or not run.curve:
+    """The peers' accuracies `seconds` after all of them step, if the run lasted that long."""
+    setup = run.summary.get("setup_s")
+    if setup is None or run.summary["wall_s"] < setup + seconds:
         return None
-    before = [accuracies for t, accuracies in run.curve if t <= seconds]
+    before = [accuracies for t, accuracies in run.curve if t <= setup + seconds]
     return before[-1] if before else None
 
 
@@ -131,21 +134,19 @@ def measure(
     run = run_cluster(command, summary_path, timeout=args.max_seconds + 90)
     accuracies = accuracy_at(run, args.accuracy_at)
     if accuracies is None and not args.quick:
+        # The run stopped at the target sooner: run again with an unreachable one.
         short_path = workdir / f"{strategy}-{scenario}-short.json"
+        limit = (run.summary["setup_s"] or 10.0) + args.accuracy_at + 5.0
         short = run_cluster(
             local_command(
-                strategy,
-                args.peers,
-                slowdowns,
-                1.01,
-                args.accuracy_at,
-                short_path,
-                extra=args.extra,
+                strategy, args.peers, slowdowns, 1.01, limit, short_path, extra=args.extra
             ),
             short_path,
-            timeout=args.accuracy_at + 90,
+            timeout=limit + 90,
         )
-        accuracies = [a for a in short.summary["final_accuracy"] if a is not None]
+        accuracies = accuracy_at(short, args.accuracy_at) or [
+            a for a in short.summary["final_accuracy"] if a is not None
+        ]
     summary = run.summary
     per_peer = summary["staleness"].get("per_peer") or [{}]
     row = {
@@ -260,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     rows, runs = [], {}
+    load_at_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-strategies-") as tmp:
         for strategy in args.strategies.split(","):
             for scenario in args.scenarios.split(","):
@@ -293,8 +295,9 @@ def main(argv: list[str] | None = None) -> int:
             f"`dasgd-peer local` run such as\n\n```\n{example}\n```\n\n"
             "Times to target count from launch and from the moment every peer takes steps; "
             '"straggler" slows peer 0 by 4x (`--slowdowns 4,1,1,1`), whose own S_avg is '
-            "shown. Accuracy 30 s after launch is the mean (and minimum) over peers. "
-            f"Curves (worst peer per strategy): `{Path(args.plot).relative_to(ROOT)}`.\n\n"
+            "shown. Accuracy 30 s after all peers step is the mean (and minimum) over peers. "
+            f"Curves (worst peer per strategy): `{Path(args.plot).relative_to(ROOT)}`. "
+            f"Load average when it started: {load_at_start:.1f} on {os.cpu_count()} cores.\n\n"
             + markdown_table(rows)
         )
         replace_section(RESULTS, "Strategies", body)
