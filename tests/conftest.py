@@ -44,7 +44,7 @@ class Daemon:
         for line in self.process.stdout:
             self.lines.append(line.rstrip("\n"))
 
-    def wait_for_line(self, marker: str, timeout: float = 60.0) -> str:
+    def wait_for_line(self, marker: str, timeout: float = 120.0) -> str:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             for line in self.lines:
@@ -58,7 +58,7 @@ class Daemon:
             f"log:\n{self.log()}"
         )
 
-    def address(self, timeout: float = 60.0) -> str:
+    def address(self, timeout: float = 120.0) -> str:
         return self.wait_for_line("listening on", timeout).split()[-1]
 
     def log(self) -> str:

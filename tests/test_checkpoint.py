@@ -81,7 +81,7 @@ def test_sigkill_then_restart_resumes_same_identity_and_sigterm_saves_final(spaw
     assert resumed.resumed_step == on_disk["step"]
     assert resumed.step >= on_disk["step"]
     assert resumed.initial_accuracy > 0.5  # the trained model came back, not a fresh init
-    wait_until(lambda: peer_status(second.address()).step > on_disk["step"] + 20, 30)
+    wait_until(lambda: peer_status(second.address()).step > on_disk["step"] + 20, 60)
 
     second.signal(signal.SIGTERM)
     assert second.process.wait(10) == 0
@@ -92,19 +92,14 @@ def test_sigkill_then_restart_resumes_same_identity_and_sigterm_saves_final(spaw
 @pytest.mark.slow
 def test_late_joiner_warm_starts_from_a_neighbor(spawn, tmp_path):
     bootstrap = spawn("bootstrap", "run", "--listen", "127.0.0.1:0", "--ttl", "3").address()
+    # A step delay keeps the early peers from taking both cores from the late one's start.
     early = [
-        start_peer(
-            spawn,
-            bootstrap,
-            "warm",
-            "--shard",
-            f"{i}/3",
-        )
+        start_peer(spawn, bootstrap, "warm", "--shard", f"{i}/3", "--step-delay-ms", "5")
         for i in range(2)
     ]
     early_address = early[0].address()
     early[1].address()
-    wait_until(lambda: peer_status(early_address).accuracy >= 0.9, 60)
+    wait_until(lambda: peer_status(early_address).accuracy >= 0.9, 120)
     late = start_peer(
         spawn,
         bootstrap,
