@@ -110,7 +110,9 @@ def test_watch_gets_snapshot_then_joined_then_expired(start_daemon: StartDaemon,
         stub.Join(pb.JoinRequest(run_id="demo", address="h:2", member_id="p-late"), timeout=5)
         joined = next(stream)
         assert (joined.kind, joined.member.id, joined.member.address) == (
-            Event.JOINED, "p-late", "h:2"
+            Event.JOINED,
+            "p-late",
+            "h:2",
         )
         assert (joined.version, [m.id for m in joined.members]) == (1, ["p-late"])
 
@@ -184,9 +186,7 @@ def test_token_is_required_except_for_health(start_daemon: StartDaemon, channels
     with pytest.raises(grpc.RpcError) as raised:
         anonymous.ListMembers(pb.ListMembersRequest(run_id="demo"), timeout=5)
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
-    wrong = membership_pb2_grpc.MembershipStub(
-        channels(daemon.address, Security(token="guess"))
-    )
+    wrong = membership_pb2_grpc.MembershipStub(channels(daemon.address, Security(token="guess")))
     with pytest.raises(grpc.RpcError) as raised:
         wrong.Join(pb.JoinRequest(run_id="demo", address="h:1"), timeout=5)
     assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -228,9 +228,7 @@ def test_watch_ends_when_the_daemon_stops(start_daemon: StartDaemon, connect: Co
         next(stream)
 
 
-def test_cancelled_watches_end_and_free_their_threads(
-    start_daemon: StartDaemon, connect: Connect
-):
+def test_cancelled_watches_end_and_free_their_threads(start_daemon: StartDaemon, connect: Connect):
     daemon = start_daemon(max_workers=4)
     stub = connect(daemon)
     for _ in range(3):
@@ -254,7 +252,11 @@ def test_environment_gives_defaults_and_flags_win():
     }
     args = parse_args(["run"], environ)
     assert (args.listen, args.ttl, args.state, args.insecure, args.log_level) == (
-        "127.0.0.1:7000", 3.0, "/tmp/s.db", True, "DEBUG"
+        "127.0.0.1:7000",
+        3.0,
+        "/tmp/s.db",
+        True,
+        "DEBUG",
     )
     args = parse_args(["run", "--listen", "127.0.0.1:9", "--ttl", "5"], environ)
     assert (args.listen, args.ttl) == ("127.0.0.1:9", 5.0)

@@ -29,8 +29,15 @@ BOOTSTRAP_UNIT = DEPLOY / "systemd" / "dasgd-bootstrap.service"
 PEER_UNIT = DEPLOY / "systemd" / "dasgd-peer@.service"
 
 # Set on the command line of every peer in compose and Kubernetes.
-PEER_REQUIRED = {"--bootstrap", "--listen", "--advertise", "--run-id", "--workload", "--strategy",
-                 "--shard"}
+PEER_REQUIRED = {
+    "--bootstrap",
+    "--listen",
+    "--advertise",
+    "--run-id",
+    "--workload",
+    "--strategy",
+    "--shard",
+}
 
 
 def compose_commands(text: str) -> dict[str, list[str]]:
@@ -46,7 +53,7 @@ def compose_commands(text: str) -> dict[str, list[str]]:
             indent, value = len(match.group(1)), match.group(2)
             if value == ">-":
                 folded = []
-                for following in lines[index + 1:]:
+                for following in lines[index + 1 :]:
                     if len(following) - len(following.lstrip()) <= indent:
                         break
                     folded.append(following.strip())
@@ -64,7 +71,7 @@ def k8s_args(text: str) -> list[list[str]]:
         if not match:
             continue
         args = []
-        for following in lines[index + 1:]:
+        for following in lines[index + 1 :]:
             item = re.fullmatch(r"\s+- (.*)", following)
             if not item or len(following) - len(following.lstrip()) < len(match.group(1)):
                 break
@@ -95,7 +102,7 @@ def peer_config(args: list[str], environ: dict[str, str] | None = None) -> PeerC
 def readme_env(name: str) -> dict[str, str]:
     """The example environment file `name` shown in deploy/README.md."""
     text = (DEPLOY / "README.md").read_text()
-    block = text[text.index(f"# {name}"):]
+    block = text[text.index(f"# {name}") :]
     environ = {}
     for line in block.splitlines()[1:]:
         if "=" not in line or line.startswith("#"):
@@ -108,10 +115,17 @@ def readme_env(name: str) -> dict[str, str]:
 
 def test_deploy_files_exist():
     for name in [
-        "Dockerfile", "docker-compose.yml", "README.md", "healthcheck.py",
-        "systemd/dasgd-bootstrap.service", "systemd/dasgd-peer@.service",
-        "k8s/kustomization.yaml", "k8s/namespace.yaml", "k8s/secret.yaml",
-        "k8s/bootstrap.yaml", "k8s/peers.yaml",
+        "Dockerfile",
+        "docker-compose.yml",
+        "README.md",
+        "healthcheck.py",
+        "systemd/dasgd-bootstrap.service",
+        "systemd/dasgd-peer@.service",
+        "k8s/kustomization.yaml",
+        "k8s/namespace.yaml",
+        "k8s/secret.yaml",
+        "k8s/bootstrap.yaml",
+        "k8s/peers.yaml",
     ]:
         assert (DEPLOY / name).is_file(), name
 
@@ -137,10 +151,15 @@ def test_compose_runs_a_bootstrap_and_three_peers_with_healthchecks():
         assert PEER_REQUIRED <= set(args)
         config = peer_config(args)
         assert (config.bootstrap, config.listen, config.advertise, config.run_id) == (
-            "bootstrap:7000", "0.0.0.0:7100", f"peer{index}:7100", "demo"
+            "bootstrap:7000",
+            "0.0.0.0:7100",
+            f"peer{index}:7100",
+            "demo",
         )
         assert (config.workload, config.strategy, config.shard_pair()) == (
-            "digits-mlp", "dasgd", (index, 3)
+            "digits-mlp",
+            "dasgd",
+            (index, 3),
         )
         assert config.insecure
     assert text.count("healthcheck:") == 2  # the bootstrap's and the peers' shared one
@@ -215,7 +234,9 @@ def test_systemd_exec_start_lines_with_the_readme_environment():
     config = peer_config(peer[1:], readme_env("/etc/dasgd/peer-worker1.env"))
     assert config.checkpoint_dir == "/var/lib/dasgd-peer/%i"
     assert (config.bootstrap, config.run_id, config.shard_pair()) == (
-        "bootstrap.example.internal:7000", "demo", (0, 3)
+        "bootstrap.example.internal:7000",
+        "demo",
+        (0, 3),
     )
     assert config.token_file == "/etc/dasgd/token" and config.tls_ca
 

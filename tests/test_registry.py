@@ -50,8 +50,11 @@ def test_join_assigns_short_hex_id_and_lists_member(registry: Registry, clock: F
     member, snapshot = registry.join("demo", "10.0.0.1:7100", labels={"zone": "a"})
     assert member.id.startswith("p-") and len(member.id) == 10
     int(member.id[2:], 16)
-    assert (member.address, member.run_id, dict(member.labels)) == ("10.0.0.1:7100", "demo",
-                                                                    {"zone": "a"})
+    assert (member.address, member.run_id, dict(member.labels)) == (
+        "10.0.0.1:7100",
+        "demo",
+        {"zone": "a"},
+    )
     assert member.joined_at == member.last_seen == clock.now
     assert snapshot.version == 1
     assert ids(snapshot.members) == [member.id]
