@@ -380,6 +380,7 @@ def run_local(args: argparse.Namespace) -> int:
         stubs = [peer_pb2_grpc.PeerStub(make_channel(c.address, security)) for c in peers]
         end = launch + args.max_seconds
         last_print = 0.0
+        exited: set[str] = set()
         while time.time() < end and not interrupted.is_set():
             for track, stub in zip(tracks, stubs):
                 try:
@@ -409,9 +410,10 @@ def run_local(args: argparse.Namespace) -> int:
                         else f"p{i}   ..."
                     )
                 print(f"[{time.time() - launch:6.1f}s] " + " | ".join(cells), flush=True)
-            dead = [t.child.name for t in tracks if t.child.process.poll() is not None]
-            if dead and not args.quiet and time.time() - last_print < 0.01:
-                print(f"  exited: {', '.join(dead)}", flush=True)
+            for t in tracks:
+                if t.child.name not in exited and t.child.process.poll() is not None:
+                    exited.add(t.child.name)
+                    print(f"{t.child.name} exited; log: {t.child.log_path}", file=sys.stderr)
             if all(t.reached_at is not None for t in tracks):
                 break
             time.sleep(0.2)
