@@ -178,7 +178,7 @@ def _cell(value, digits: int = 1) -> str:
 
 def markdown_table(rows: list[dict]) -> str:
     lines = [
-        "| strategy | peers | to 95% from all stepping (s) | to 95% from launch (s) "
+        "| strategy | scenario | to 95% from all stepping (s) | to 95% from launch (s) "
         "| acc. at 30 s, mean (min) | S_avg | S_max | straggler S_avg | MB sent |",
         "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
