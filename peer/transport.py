@@ -16,10 +16,16 @@ Header chunks and anything unusual go through protobuf as before.
 
 Sending: each neighbor has a sender thread with a bounded queue and one
 long-lived Push stream (a new RPC per update costs ~3x the CPU). The trainer
-only enqueues; when a queue is full, summable updates (gradients, deltas,
-commits) are summed into the queued one of the same kind and snapshots
-replace older snapshots, so memory stays bounded and the trainer never waits
-for a slow or dead neighbor.
+only enqueues — the header is made and the arrays encoded on the sender's
+thread, once for all neighbors. Summable updates (gradients, deltas,
+commits) are summed rather than queued one by one: a broadcast that no
+sender has started on absorbs the next one, updates queued behind each other
+leave as one, and a sender starts at most one update per
+MIN_SEND_INTERVAL_S; when a queue is full anyway, a summable update is added
+into the queued one of its kind and a snapshot replaces the older snapshot.
+So memory stays bounded, a fast trainer does not spend its cores on
+per-message overhead, and it never waits for a slow or dead neighbor; every
+sum and every drop is counted.
 """
 
 from __future__ import annotations
@@ -57,6 +63,12 @@ PEER_SERVICE = peer_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
 PUSH_METHOD = f"/{PEER_SERVICE}/Push"
 # Chunk.data on the wire: field 2, wire type 2 (length-delimited).
 DATA_TAG = 0x12
+# A sender starts at most one update per interval on each stream; what the
+# trainer produces meanwhile is summed into one. A small update costs ~0.2 ms
+# of CPU in Python and gRPC whatever its size, so a model that steps in well
+# under a millisecond would otherwise spend a core on messaging; steps of
+# real models are far longer than this, and for them it changes nothing.
+MIN_SEND_INTERVAL_S = 0.005
 # Room for the tag and length of a data chunk within one gRPC message.
 MAX_CHUNK_BYTES = MAX_MESSAGE_BYTES - 16
 
@@ -84,55 +96,87 @@ def header_frame(header: peer_pb2.UpdateHeader) -> bytes:
     return peer_pb2.Chunk(header=header).SerializeToString()
 
 
+@dataclass
+class UpdateInfo:
+    """What differs between one update and the next. The trainer fills in
+    only this; the protobuf header is made on the sender's thread."""
+
+    kind: str
+    sequence: int
+    clock: dict[str, int]
+    clock_ticks: int = 1
+    round: int = 0
+
+
 class OutboundMessage:
     """One update to send, encoded at most once however many neighbors get it.
 
-    With one recipient the wire frames are made as they are sent (one chunk
-    in memory at a time); with several, the first sender makes them all and
-    the others send the same bytes.
+    `template` holds the header fields all updates of a sender share; the
+    rest of the header is made from `info` on the sender's thread. With one
+    recipient the wire frames are made as they are sent (one chunk in memory
+    at a time); with several, the first sender makes them all and the others
+    send the same bytes.
     """
 
     def __init__(
         self,
-        header: peer_pb2.UpdateHeader,
+        template: peer_pb2.UpdateHeader,
+        info: UpdateInfo,
         arrays: list[np.ndarray],
         codec_name: str,
         recipients: int = 1,
     ):
-        self.header = header
+        self.template = template
+        self.info = info
         self.arrays = arrays
         self.codec_name = codec_name
         self.recipients = recipients
-        self._prepared = False
+        self.taken = False  # a sender has started on it: its content is final
+        self._owns_arrays = False  # may be summed into in place
+        self._header: peer_pb2.UpdateHeader | None = None
         self._frames: tuple[int, list[bytes]] | None = None
         self._lock = threading.Lock()
 
     @property
     def kind(self) -> str:
-        return kind_name(self.header.kind)
+        return self.info.kind
 
-    def prepared_header(self) -> peer_pb2.UpdateHeader:
+    @property
+    def header(self) -> peer_pb2.UpdateHeader:
+        """The complete header (scale and size filled in): made on first use."""
         with self._lock:
-            self._prepare()
-            return self.header
+            return self._prepared_header()
 
-    def _prepare(self) -> None:
-        """Fills in scale and size; on the sender's thread, not the trainer's."""
-        if not self._prepared:
-            scale = codec.f16_scale(self.arrays) if self.codec_name == codec.F16 else 1.0
-            self.header.scale = scale
-            self.header.total_bytes = (
-                sum(a.size for a in self.arrays) * (codec.BYTES_PER_VALUE[self.codec_name])
-            )
-            self._prepared = True
+    def _prepared_header(self) -> peer_pb2.UpdateHeader:
+        if self._header is None:
+            info = self.info
+            header = peer_pb2.UpdateHeader()
+            header.CopyFrom(self.template)
+            header.kind = peer_pb2.UpdateKind.Value(info.kind)
+            header.sequence = info.sequence
+            header.vector_clock.update(info.clock)
+            header.clock_ticks = info.clock_ticks
+            header.round = info.round
+            arrays = self.arrays
+            header.scale = codec.f16_scale(arrays) if self.codec_name == codec.F16 else 1.0
+            width = codec.BYTES_PER_VALUE[self.codec_name]
+            header.total_bytes = sum(a.size for a in arrays) * width
+            self._header = header
+        return self._header
+
+    def take(self) -> OutboundMessage:
+        """Marks the message as being sent (no more `try_absorb`)."""
+        with self._lock:
+            self.taken = True
+        return self
 
     def wire_frames(self, chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES) -> Iterator[bytes]:
         """Serialized Chunks for Push: the header, then the data chunks."""
         with self._lock:
-            self._prepare()
+            self.taken = True
             if self._frames is not None and self._frames[0] == chunk_bytes:
                 return iter(self._frames[1])
-            first = header_frame(self.header)
+            first = header_frame(self._prepared_header())
             if self.recipients > 1:
                 frames = [first, *self._data_frames(chunk_bytes)]
                 self._frames = (chunk_bytes, frames)
@@ -140,27 +184,57 @@ class OutboundMessage:
         return self._stream(first, chunk_bytes)
 
     def _data_frames(self, chunk_bytes: int) -> Iterator[bytes]:
-        scale = self.header.scale or 1.0
+        scale = self._header.scale or 1.0
         return codec.iter_frames(self.arrays, self.codec_name, scale, chunk_bytes, data_prefix)
 
     def _stream(self, first: bytes, chunk_bytes: int) -> Iterator[bytes]:
         yield first
         yield from self._data_frames(chunk_bytes)
 
+    def coalescible_with(self, other: OutboundMessage) -> bool:
+        return (
+            self.kind in SUMMABLE
+            and other.kind == self.kind
+            and other.info.round == self.info.round
+        )
+
+    def private_copy(self) -> OutboundMessage:
+        """A copy this sender alone may change (the original may be queued
+        for other neighbors too); the arrays are copied on the first sum."""
+        info = UpdateInfo(**vars(self.info))
+        return OutboundMessage(self.template, info, self.arrays, self.codec_name)
+
+    def absorb(self, newer: OutboundMessage) -> None:
+        """Adds a newer summable update to this one, which nobody sends yet
+        and only the caller can reach. The sum takes the newer sequence number
+        and, per member, the older clock entry (it is as stale as its oldest
+        part)."""
+        mine, theirs = self.info, newer.info
+        mine.clock = {
+            member: min(mine.clock.get(member, 0), theirs.clock.get(member, 0))
+            for member in mine.clock.keys() | theirs.clock.keys()
+        }
+        mine.clock_ticks += theirs.clock_ticks
+        mine.sequence = theirs.sequence
+        if not self._owns_arrays:  # the strategy may still hold these
+            self.arrays = [np.array(a, dtype=np.float32, copy=True) for a in self.arrays]
+            self._owns_arrays = True
+        for total, part in zip(self.arrays, newer.arrays):
+            total += part
+
+    def try_absorb(self, newer: OutboundMessage) -> bool:
+        """`absorb` unless a sender has already started on this message."""
+        with self._lock:
+            if self.taken:
+                return False
+            self.absorb(newer)
+            return True
+
     def merged_with(self, newer: OutboundMessage) -> OutboundMessage:
-        """Sum of two summable updates; carries the newer sequence number and,
-        per member, the older clock entry (the sum is as stale as its oldest part)."""
-        header = peer_pb2.UpdateHeader()
-        with newer._lock:  # another sender may be filling in its scale and size
-            header.CopyFrom(newer.header)
-        header.clock_ticks = self.header.clock_ticks + newer.header.clock_ticks
-        header.vector_clock.clear()
-        for member in set(self.header.vector_clock) | set(newer.header.vector_clock):
-            header.vector_clock[member] = min(
-                self.header.vector_clock.get(member, 0), newer.header.vector_clock.get(member, 0)
-            )
-        arrays = [a + b for a, b in zip(self.arrays, newer.arrays)]
-        return OutboundMessage(header, arrays, self.codec_name)
+        """Sum of two summable updates, as a new message (see `absorb`)."""
+        merged = self.private_copy()
+        merged.absorb(newer)
+        return merged
 
 
 def push_method(channel: grpc.Channel) -> grpc.StreamUnaryMultiCallable:
@@ -191,8 +265,10 @@ class NeighborSender:
         chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         idle_close_s: float = 30.0,
         link_up: Callable[[], bool] = lambda: True,
+        min_interval_s: float = MIN_SEND_INTERVAL_S,
     ):
         self.member_id = member_id
+        self._min_interval_s = min_interval_s
         # Fault injection: while False, nothing is sent (the queue coalesces).
         self._link_up = link_up
         self.address = address
@@ -215,6 +291,10 @@ class NeighborSender:
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    def count_coalesced(self) -> None:
+        with self._cond:
+            self.stats.coalesced += 1
+
     def offer(self, message: OutboundMessage) -> None:
         """Enqueues without ever blocking; coalesces or drops when full."""
         with self._cond:
@@ -229,9 +309,12 @@ class NeighborSender:
     def _make_room(self, message: OutboundMessage) -> None:
         if message.kind in SUMMABLE:
             for queued in reversed(self._queue):
-                if queued.kind == message.kind and queued.header.round == message.header.round:
+                if queued.coalescible_with(message):
                     self._queue.remove(queued)
-                    self._queue.append(queued.merged_with(message))
+                    if queued.recipients > 1:
+                        queued = queued.private_copy()
+                    queued.absorb(message)
+                    self._queue.append(queued)
                     self.stats.coalesced += 1
                     return
         if message.kind in REPLACEABLE:
@@ -269,14 +352,26 @@ class NeighborSender:
                 self._cond.wait(remaining)
             if self._closing and time.monotonic() > self._flush_deadline:
                 return None
-            return self._queue.popleft()
+            message = self._queue.popleft().take()
+            # Updates that piled up while the last one was on the wire go
+            # out as one: fewer messages, and the newest sooner.
+            while self._queue and message.coalescible_with(self._queue[0]):
+                if message.recipients > 1:
+                    message = message.private_copy()
+                message.absorb(self._queue.popleft().take())
+                self.stats.coalesced += 1
+            return message
 
     def _requests(self, first: OutboundMessage) -> Iterator[bytes]:
         message: OutboundMessage | None = first
         while message is not None:
+            started = time.monotonic()
             yield from message.wire_frames(self._chunk_bytes)
             self.stats.sent += 1
             self.stats.bytes_sent += message.header.total_bytes
+            pause = started + self._min_interval_s - time.monotonic()
+            if pause > 0:
+                time.sleep(pause)  # what arrives meanwhile goes out as one update
             message = self._next_message(self._idle_close_s)
             if message is not None and not self._link_up():
                 with self._cond:
@@ -328,6 +423,7 @@ class Outbox:
         max_queue: int = 8,
         chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         link_up: Callable[[str], bool] = lambda member_id: True,
+        min_send_interval_s: float = MIN_SEND_INTERVAL_S,
     ):
         if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
             raise ValueError(
@@ -339,11 +435,21 @@ class Outbox:
         self.member_id = member_id
         self.address = address
         self._channel_factory = channel_factory
-        self._wire_specs = specs_to_wire(specs)
+        self._template = peer_pb2.UpdateHeader(
+            run_id=run_id,
+            sender_id=member_id,
+            tensors=specs_to_wire(specs),
+            codec=CODEC_TO_WIRE[codec_name],
+            sender_address=address,
+        )
         self.codec_name = codec_name
         self._max_queue = max_queue
         self._chunk_bytes = chunk_bytes
+        self._min_send_interval_s = min_send_interval_s
         self._senders: dict[str, NeighborSender] = {}
+        # The last summable broadcast and whom it went to, while no sender
+        # has taken it.
+        self._waiting: tuple[OutboundMessage, list[NeighborSender]] | None = None
         self._lock = threading.Lock()
         # Strictly increasing across restarts of this peer, so receivers can
         # refuse replays without remembering incarnations.
@@ -363,6 +469,7 @@ class Outbox:
                         max_queue=self._max_queue,
                         chunk_bytes=self._chunk_bytes,
                         link_up=lambda mid=mid: self._link_up(mid),
+                        min_interval_s=self._min_send_interval_s,
                     )
         for sender in stopped:
             threading.Thread(target=sender.close, daemon=True).start()
@@ -380,26 +487,37 @@ class Outbox:
         round_: int = 0,
         to: str | None = None,
     ) -> None:
+        """Hands an update to the senders; on the trainer's thread, so it only
+        queues (the header is made and the arrays encoded by the senders).
+
+        A summable broadcast that arrives while the previous one still waits
+        for every sender is added into it: one sum for all neighbors instead
+        of a message per step per neighbor, and no sender falls further
+        behind.
+        """
         self._sequence += 1
-        header = peer_pb2.UpdateHeader(
-            run_id=self.run_id,
-            sender_id=self.member_id,
-            sequence=self._sequence,
-            kind=peer_pb2.UpdateKind.Value(kind),
-            vector_clock=clock,
-            tensors=self._wire_specs,
-            codec=CODEC_TO_WIRE[self.codec_name],
-            round=round_,
-            clock_ticks=clock_ticks,
-            sender_address=self.address,
-        )
+        info = UpdateInfo(kind, self._sequence, clock, clock_ticks, round_)
         with self._lock:
             targets = (
                 list(self._senders.values())
                 if to is None
                 else [s for mid, s in self._senders.items() if mid == to]
             )
-        message = OutboundMessage(header, arrays, self.codec_name, recipients=len(targets))
+            message = OutboundMessage(
+                self._template, info, arrays, self.codec_name, recipients=len(targets)
+            )
+            waiting = self._waiting
+            if (
+                to is None
+                and waiting is not None
+                and waiting[1] == targets
+                and waiting[0].coalescible_with(message)
+                and waiting[0].try_absorb(message)
+            ):
+                for sender in targets:
+                    sender.count_coalesced()
+                return
+            self._waiting = (message, targets) if to is None and kind in SUMMABLE else None
         for sender in targets:
             sender.offer(message)
 
@@ -685,16 +803,14 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             peer_pb2.UpdateHeader(
                 run_id=self.node.run_id,
                 sender_id=self.node.member_id,
-                kind=peer_pb2.UpdateKind.Value(kind),
-                vector_clock=clock,
                 tensors=specs_to_wire(self.node.specs),
                 codec=CODEC_TO_WIRE[codec_name],
-                clock_ticks=1,
             ),
+            UpdateInfo(kind, sequence=0, clock=clock),
             arrays,
             codec_name,
         )
-        header = message.prepared_header()
+        header = message.header
         yield peer_pb2.Chunk(header=header)
         scale = header.scale or 1.0
         for piece in codec.iter_frames(arrays, codec_name, scale, self._chunk_bytes):

@@ -27,6 +27,7 @@ from peer.transport import (
     OutboundMessage,
     Outbox,
     PeerServicer,
+    UpdateInfo,
     add_peer_service,
     data_prefix,
     parse_chunk,
@@ -90,13 +91,52 @@ def test_gradients_are_summed_when_the_queue_is_full(paused_outbox: Outbox):
     assert sender.queue_depth == 2
 
 
-def test_merged_update_carries_the_newer_sequence_number(paused_outbox: Outbox):
-    for fill in (1.0, 2.0, 3.0, 4.0):
-        paused_outbox.send(GRADIENT, values(fill), {"me": int(fill)})
-    older, merged = queued(paused_outbox)
-    assert merged.header.sequence > older.header.sequence
-    np.testing.assert_array_equal(merged.arrays[0], 2.0 + 3.0 + 4.0)
-    assert merged.header.clock_ticks == 3
+def test_a_gradient_no_sender_has_taken_absorbs_the_next_ones():
+    """One sum for all neighbors, not a message per step per neighbor."""
+    outbox = Outbox(
+        "run", "me", "a:1", grpc.insecure_channel, SPECS, link_up=lambda member_id: False
+    )
+    outbox.set_neighbors({f"n{i}": f"127.0.0.1:{closed_port()}" for i in range(3)})
+    try:
+        sent = [values(fill) for fill in (1.0, 2.0, 3.0, 4.0)]
+        for step, arrays in enumerate(sent):
+            outbox.send(GRADIENT, arrays, {"me": step + 1})
+        queues = [list(sender._queue) for sender in outbox.senders()]
+        assert [len(q) for q in queues] == [1, 1, 1]
+        (merged,) = queues[0]
+        assert all(q[0] is merged for q in queues)  # still encoded once for all
+        np.testing.assert_array_equal(merged.arrays[0], 10.0)
+        assert merged.header.clock_ticks == 4
+        assert dict(merged.header.vector_clock) == {"me": 1}
+        assert [s.stats.coalesced for s in outbox.senders()] == [3, 3, 3]
+        np.testing.assert_array_equal(sent[0][0], 1.0)  # the caller's arrays untouched
+    finally:
+        outbox.close()
+
+
+def test_a_gradient_a_sender_has_taken_is_final(paused_outbox: Outbox):
+    paused_outbox.send(GRADIENT, values(1.0), {"me": 1})
+    (first,) = queued(paused_outbox)
+    first.take()  # as a sender does when it starts on it
+    paused_outbox.send(GRADIENT, values(2.0), {"me": 2})
+    assert [m.arrays[0][0, 0] for m in queued(paused_outbox)] == [1.0, 2.0]
+    assert first.header.sequence < queued(paused_outbox)[1].header.sequence
+
+
+def test_gradients_queued_behind_each_other_leave_as_one():
+    sender = NeighborSender("n1", "x", grpc.insecure_channel("127.0.0.1:1"), link_up=lambda: False)
+    try:
+        first, second = message(2), message(2)
+        second.info.sequence = 8
+        sender.offer(first)
+        sender.offer(second)
+        out = sender._next_message(0)
+        assert out is not first and out.header.sequence == 8
+        np.testing.assert_array_equal(out.arrays[0], 2 * first.arrays[0])
+        assert sender.queue_depth == 0 and sender.stats.coalesced == 1
+        assert first.arrays[0][0, 1] == 1.0  # shared with another neighbor: not summed into
+    finally:
+        sender.close()
 
 
 def test_a_model_snapshot_replaces_the_queued_one(paused_outbox: Outbox):
@@ -166,7 +206,7 @@ def test_queue_stays_bounded_and_send_never_blocks_when_the_receiver_never_reads
     try:
         start = time.monotonic()
         for step in range(300):  # 300 MiB: far beyond what HTTP/2 windows buffer
-            kind = MODEL if step % 10 == 0 else GRADIENT
+            kind = MODEL if step % 2 else GRADIENT
             before = time.monotonic()
             outbox.send(kind, update, {"me": step})
             slowest = max(slowest, time.monotonic() - before)
@@ -187,17 +227,11 @@ def test_queue_stays_bounded_and_send_never_blocks_when_the_receiver_never_reads
 
 
 def message(recipients: int, codec_name: str = codec.RAW_F32) -> OutboundMessage:
-    header = peer_pb2.UpdateHeader(
-        run_id="run",
-        sender_id="me",
-        sequence=7,
-        kind=peer_pb2.GRADIENT,
-        tensors=specs_to_wire(SPECS),
-        codec=CODEC_TO_WIRE[codec_name],
-        clock_ticks=1,
+    template = peer_pb2.UpdateHeader(
+        run_id="run", sender_id="me", tensors=specs_to_wire(SPECS), codec=CODEC_TO_WIRE[codec_name]
     )
     arrays = [np.arange(s.numel, dtype=np.float32).reshape(s.shape) for s in SPECS]
-    return OutboundMessage(header, arrays, codec_name, recipients)
+    return OutboundMessage(template, UpdateInfo(GRADIENT, 7, {}), arrays, codec_name, recipients)
 
 
 @pytest.mark.parametrize("codec_name", codec.CODECS)
