@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/dasgd-peer local --peers 4 --workload digits-mlp --strategy dasgd \
-		--target-accuracy 0.95 --max-seconds 120 \
+		--target-accuracy 0.95 --max-seconds 120 --step-delay-ms 10 \
 		--summary-json out/demo-summary.json --plot out/demo-accuracy.png
 
 test: $(STAMP)

@@ -466,7 +466,7 @@ class PeerDaemon:
         self.rejected[code.name] = self.rejected.get(code.name, 0) + 1
 
     # --- status -----------------------------------------------------------------
-    def status(self) -> peer_pb2.StatusResponse:
+    def status(self, evaluations_since: float = 0.0) -> peer_pb2.StatusResponse:
         trainer = self.trainer
         stats = trainer.stats
         neighbors = []
@@ -527,6 +527,11 @@ class PeerDaemon:
             initial_accuracy=self.initial_accuracy,
             resumed_step=self.resumed_step,
             checkpoint_step=self.checkpoint_step,
+            evaluations=[
+                peer_pb2.Evaluation(at=at, step=step, accuracy=accuracy, loss=loss)
+                for at, step, accuracy, loss in list(trainer.evaluations)
+                if evaluations_since and at > evaluations_since
+            ][-2000:],
         )
 
     # --- shutdown ---------------------------------------------------------------

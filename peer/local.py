@@ -383,22 +383,23 @@ def run_local(args: argparse.Namespace) -> int:
         exited: set[str] = set()
         while time.time() < end and not interrupted.is_set():
             for track, stub in zip(tracks, stubs):
+                since = track.history[-1][0] + launch if track.history else launch - 3600
                 try:
-                    status = stub.Status(peer_pb2.StatusRequest(), timeout=2.0)
+                    status = stub.Status(
+                        peer_pb2.StatusRequest(evaluations_since=since), timeout=2.0
+                    )
                 except grpc.RpcError:
                     continue
                 track.last = status
                 track.child.member_id = status.id
                 if status.first_step_at and track.first_step_at is None:
                     track.first_step_at = status.first_step_at
-                if status.accuracy_at and (
-                    not track.history or track.history[-1][0] != status.accuracy_at - launch
-                ):
+                for evaluation in status.evaluations:
                     track.history.append(
-                        (status.accuracy_at - launch, status.accuracy, status.step)
+                        (evaluation.at - launch, evaluation.accuracy, evaluation.step)
                     )
-                    if track.reached_at is None and status.accuracy >= args.target_accuracy:
-                        track.reached_at = status.accuracy_at
+                    if track.reached_at is None and evaluation.accuracy >= args.target_accuracy:
+                        track.reached_at = evaluation.at
             if not args.quiet and time.time() - last_print >= 1.0:
                 last_print = time.time()
                 cells = []

@@ -10,6 +10,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -59,6 +60,8 @@ class Trainer:
         self.inbox: queue.Queue[Incoming | _Request] = queue.Queue(maxsize=inbox_size)
         self.eval_every = eval_every
         self.eval_every_s = eval_every_s
+        # (time, step, accuracy, loss) of recent evaluations, for progress plots.
+        self.evaluations: deque[tuple[float, int, float, float]] = deque(maxlen=20_000)
         self._applied_at_eval = 0
         self.step_delay_s = step_delay_s
         self.max_steps = max_steps
@@ -228,6 +231,7 @@ class Trainer:
         eval_loss, accuracy = self.workload.evaluate()
         self.stats.eval_loss, self.stats.accuracy = eval_loss, accuracy
         self.stats.accuracy_at = time.time()
+        self.evaluations.append((self.stats.accuracy_at, self.stats.step, accuracy, eval_loss))
 
     def samples_per_s(self) -> float:
         if not self.stats.first_step_at:

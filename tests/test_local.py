@@ -29,6 +29,8 @@ def test_local_cluster_reaches_target_and_writes_summary_and_plot(tmp_path):
             "0.95",
             "--max-seconds",
             "90",
+            "--step-delay-ms",
+            "10",
             "--summary-json",
             str(summary_path),
             "--plot",

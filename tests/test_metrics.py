@@ -52,3 +52,14 @@ def test_metrics_endpoint_tracks_training(peer):
         30,
     )
     assert metric(later, "dasgd_steps_total") > metric(text, "dasgd_steps_total")
+
+
+def test_status_returns_evaluations_since_a_time(peer):
+    wait_until(lambda: len(peer.trainer.evaluations) >= 5, 30)
+    everything = peer.status(evaluations_since=1.0).evaluations
+    assert len(everything) >= 5 and peer.status().evaluations == []
+    middle = everything[len(everything) // 2].at
+    later = peer.status(evaluations_since=middle).evaluations
+    assert later and all(e.at > middle for e in later)
+    steps = [e.step for e in everything]
+    assert steps == sorted(steps) and all(0 <= e.accuracy <= 1 for e in everything)

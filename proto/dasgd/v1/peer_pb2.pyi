@@ -114,8 +114,22 @@ class PullRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., requester_id: _Optional[str] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., codec: _Optional[_Union[Codec, str]] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("evaluations_since",)
+    EVALUATIONS_SINCE_FIELD_NUMBER: _ClassVar[int]
+    evaluations_since: float
+    def __init__(self, evaluations_since: _Optional[float] = ...) -> None: ...
+
+class Evaluation(_message.Message):
+    __slots__ = ("at", "step", "accuracy", "loss")
+    AT_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_FIELD_NUMBER: _ClassVar[int]
+    LOSS_FIELD_NUMBER: _ClassVar[int]
+    at: float
+    step: int
+    accuracy: float
+    loss: float
+    def __init__(self, at: _Optional[float] = ..., step: _Optional[int] = ..., accuracy: _Optional[float] = ..., loss: _Optional[float] = ...) -> None: ...
 
 class StalenessStats(_message.Message):
     __slots__ = ("count", "avg", "max", "p50", "p95", "p99")
@@ -160,7 +174,7 @@ class NeighborStatus(_message.Message):
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., queue_depth: _Optional[int] = ..., updates_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., updates_applied: _Optional[int] = ..., dropped: _Optional[int] = ..., coalesced: _Optional[int] = ..., send_errors: _Optional[int] = ..., staleness: _Optional[_Union[StalenessStats, _Mapping]] = ..., sending: _Optional[bool] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("id", "run_id", "address", "strategy", "workload", "state", "step", "loss", "accuracy", "accuracy_at", "staleness", "neighbors", "updates_applied", "updates_rejected", "bytes_sent", "bytes_received", "vector_clock", "samples_per_s", "uptime_s", "membership_version", "version", "first_step_at", "warm_started_from", "initial_accuracy", "resumed_step", "checkpoint_step")
+    __slots__ = ("id", "run_id", "address", "strategy", "workload", "state", "step", "loss", "accuracy", "accuracy_at", "staleness", "neighbors", "updates_applied", "updates_rejected", "bytes_sent", "bytes_received", "vector_clock", "samples_per_s", "uptime_s", "membership_version", "version", "first_step_at", "warm_started_from", "initial_accuracy", "resumed_step", "checkpoint_step", "evaluations")
     class VectorClockEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -194,6 +208,7 @@ class StatusResponse(_message.Message):
     INITIAL_ACCURACY_FIELD_NUMBER: _ClassVar[int]
     RESUMED_STEP_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_STEP_FIELD_NUMBER: _ClassVar[int]
+    EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     id: str
     run_id: str
     address: str
@@ -220,7 +235,8 @@ class StatusResponse(_message.Message):
     initial_accuracy: float
     resumed_step: int
     checkpoint_step: int
-    def __init__(self, id: _Optional[str] = ..., run_id: _Optional[str] = ..., address: _Optional[str] = ..., strategy: _Optional[str] = ..., workload: _Optional[str] = ..., state: _Optional[str] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., accuracy_at: _Optional[float] = ..., staleness: _Optional[_Union[StalenessStats, _Mapping]] = ..., neighbors: _Optional[_Iterable[_Union[NeighborStatus, _Mapping]]] = ..., updates_applied: _Optional[int] = ..., updates_rejected: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., vector_clock: _Optional[_Mapping[str, int]] = ..., samples_per_s: _Optional[float] = ..., uptime_s: _Optional[float] = ..., membership_version: _Optional[int] = ..., version: _Optional[str] = ..., first_step_at: _Optional[float] = ..., warm_started_from: _Optional[str] = ..., initial_accuracy: _Optional[float] = ..., resumed_step: _Optional[int] = ..., checkpoint_step: _Optional[int] = ...) -> None: ...
+    evaluations: _containers.RepeatedCompositeFieldContainer[Evaluation]
+    def __init__(self, id: _Optional[str] = ..., run_id: _Optional[str] = ..., address: _Optional[str] = ..., strategy: _Optional[str] = ..., workload: _Optional[str] = ..., state: _Optional[str] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., accuracy_at: _Optional[float] = ..., staleness: _Optional[_Union[StalenessStats, _Mapping]] = ..., neighbors: _Optional[_Iterable[_Union[NeighborStatus, _Mapping]]] = ..., updates_applied: _Optional[int] = ..., updates_rejected: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., vector_clock: _Optional[_Mapping[str, int]] = ..., samples_per_s: _Optional[float] = ..., uptime_s: _Optional[float] = ..., membership_version: _Optional[int] = ..., version: _Optional[str] = ..., first_step_at: _Optional[float] = ..., warm_started_from: _Optional[str] = ..., initial_accuracy: _Optional[float] = ..., resumed_step: _Optional[int] = ..., checkpoint_step: _Optional[int] = ..., evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ...) -> None: ...
 
 class ListPeersRequest(_message.Message):
     __slots__ = ("run_id", "known")
