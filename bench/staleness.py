@@ -27,6 +27,18 @@ from pathlib import Path
 
 from strategies import RESULTS, ROOT, local_command, pretty_command, replace_section, run_cluster
 
+EMULATION_NOTE = (
+    "How a slow peer is emulated matters here. `--step-delay-ms` makes the trainer "
+    "idle after a step has been applied and sent, applying arriving updates while it "
+    "waits, so a slowed peer still computes each gradient on an up-to-date model: "
+    "slowing it lowers how many updates it sends, not how stale they are, and S_max "
+    "does not grow. A device that is slow because its computation is slow (the "
+    "gradient is computed, then the delay passes, then it is applied and sent) makes "
+    "the straggler's updates stale in proportion to its slowdown; that is the case the "
+    'bound is about. "slow peer\'s S_avg" is the staleness of the updates the slow '
+    "peer applied."
+)
+
 
 def correlation(xs: list[float], ys: list[float]) -> float | None:
     if len(xs) < 3 or statistics.pstdev(xs) == 0 or statistics.pstdev(ys) == 0:
@@ -184,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             f"peer 0 slowed by the factor; time counted from the moment every peer steps; "
             f"{args.repeats} run(s) per factor (medians). Each run is\n\n"
             f"```\n{rows[-1]['command']}\n```\n\n"
-            f"{markdown_table(rows)}\n\n{conclusion}\n\n"
+            f"{markdown_table(rows)}\n\n{conclusion}\n\n{EMULATION_NOTE}\n\n"
             f"Plot: `{Path(args.plot).relative_to(ROOT)}`. Load average when it started: "
             f"{load_at_start:.1f} on {os.cpu_count()} cores."
         )
