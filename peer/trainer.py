@@ -124,8 +124,6 @@ class Trainer:
                 self.local_step()
                 if self.max_steps and self.stats.step >= self.max_steps:
                     break
-                if self.step_delay_s:
-                    self._wait(self.step_delay_s)
                 self._maybe_evaluate()
         except Exception:
             log.exception("training loop failed")
@@ -195,6 +193,9 @@ class Trainer:
         w.optimizer.zero_grad(set_to_none=True)
         loss = w.loss_fn(w.model(inputs), targets)
         loss.backward()
+        seen = self.clock.snapshot()  # what this gradient was computed from
+        if self.step_delay_s:
+            self._emulate_compute_time(self.step_delay_s)
         w.optimizer.step()
         stats = self.stats
         if stats.step == 0:
@@ -204,10 +205,27 @@ class Trainer:
         stats.loss = loss.item()
         if self.strategy.clock_per_step:
             self.clock.tick(self.member_id)
+            seen[self.member_id] = self.clock.entries[self.member_id]
         for message in self.strategy.after_local_step(stats.step):
-            self._emit(message)
+            # A gradient carries the clock of the model it was computed on.
+            self._emit(message, seen if self.strategy.clock_per_step else None)
         if stats.step % self.eval_every == 0:
             self.evaluate()
+
+    def _emulate_compute_time(self, seconds: float) -> None:
+        """Stands in for a slower device (--step-delay-ms): the gradient just
+        computed is applied only `seconds` later, and updates arriving
+        meanwhile are applied first, so it is as stale as a slow device's
+        gradient would be (the staleness its neighbors measure grows with it)."""
+        params = list(self.workload.model.parameters())
+        gradients = [p.grad for p in params]
+        for p in params:
+            p.grad = None  # received updates run the optimizer in between
+        try:
+            self._wait(seconds)
+        finally:
+            for p, g in zip(params, gradients):
+                p.grad = g
 
     def _maybe_evaluate(self) -> None:
         """Also evaluate every `eval_every_s` seconds if received updates changed
@@ -221,10 +239,10 @@ class Trainer:
         ):
             self.evaluate()
 
-    def _emit(self, message: Outgoing) -> None:
+    def _emit(self, message: Outgoing, clock: dict[str, int] | None = None) -> None:
         if not self.strategy.clock_per_step and message.to is None:
             self.clock.tick(self.member_id, message.clock_ticks)
-        self.send(message, self.clock.snapshot())
+        self.send(message, clock if clock is not None else self.clock.snapshot())
 
     def evaluate(self) -> None:
         self._applied_at_eval = self.stats.updates_applied

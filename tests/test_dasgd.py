@@ -92,3 +92,17 @@ def test_staleness_counts_updates_the_sender_had_not_seen():
     assert a.apply(Incoming("GRADIENT", "D", zero, {"A": 3, "C": 1, "D": 1}, 1))
     summary = a.staleness.overall.summary()
     assert (summary.count, summary.max, summary.avg) == (2, 2, 1.0)
+
+
+def test_emulated_slow_step_applies_arrivals_first_and_sends_the_compute_time_clock():
+    # A computes gA = [-2, -4] at w = [1, -1]; while its (emulated) device is
+    # busy, B's gradient [4, 0] arrives and is applied; then gA is applied.
+    a, sent = tiny_peer("A", [1.0, 2.0], 0.0)
+    a.step_delay_s = 0.05
+    a.inbox.put(Incoming("GRADIENT", "B", [torch.tensor([[4.0, 0.0]]).numpy()], {"B": 1}, 1))
+    a.local_step()
+    torch.testing.assert_close(torch.tensor(weights(a)), torch.tensor([0.8, -0.6]))
+    ((message, clock),) = sent
+    assert message.arrays[0].tolist() == [[-2.0, -4.0]]  # computed before B's update
+    assert clock == {"A": 1}  # so receivers count B's update as staleness
+    assert a.clock.snapshot() == {"A": 1, "B": 1}
