@@ -28,15 +28,12 @@ from pathlib import Path
 from strategies import RESULTS, ROOT, local_command, pretty_command, replace_section, run_cluster
 
 EMULATION_NOTE = (
-    "How a slow peer is emulated matters here. `--step-delay-ms` makes the trainer "
-    "idle after a step has been applied and sent, applying arriving updates while it "
-    "waits, so a slowed peer still computes each gradient on an up-to-date model: "
-    "slowing it lowers how many updates it sends, not how stale they are, and S_max "
-    "does not grow. A device that is slow because its computation is slow (the "
-    "gradient is computed, then the delay passes, then it is applied and sent) makes "
-    "the straggler's updates stale in proportion to its slowdown; that is the case the "
-    'bound is about. "slow peer\'s S_avg" is the staleness of the updates the slow '
-    "peer applied."
+    "How a slow peer is emulated matters here. `--step-delay-ms` stands for compute "
+    "time: the gradient is computed, the delay passes while arriving updates are "
+    "applied, then the gradient is applied and sent with the vector clock of the model "
+    "it was computed on. A slowed peer's updates are therefore stale in proportion to "
+    "its slowdown, as a slow device's would be. \"slow peer's S_avg\" is the staleness "
+    "of the updates the slow peer applied."
 )
 
 
