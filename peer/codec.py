@@ -305,6 +305,8 @@ class Assembler:
             self._bytes[start:end] = data
             self._check(end // 4)
             return
+        if not data:
+            return  # an empty chunk must not complete a split value with nothing
         if self._partial:
             self._convert_halves(self._partial + bytes(data[:1]))
             self._partial = b""

@@ -138,3 +138,16 @@ def test_a_value_split_across_chunks_is_decoded_once_whole(name):
     expected = codec.decode(payload, SPECS, name)
     for got, want in zip(assembler.arrays(), expected):
         assert got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("name", [codec.F16, codec.BF16])
+def test_empty_chunk_after_a_split_half_value_is_harmless(name):
+    # Found by fuzzing: 3 bytes (one value and a half), then an empty chunk.
+    payload = bytes(codec.encode(arrays(3), name))
+    assembler = codec.Assembler(SPECS, name, len(payload))
+    assembler.add(payload[:3])
+    assembler.add(b"")
+    assembler.add(payload[3:])
+    expected = roundtrip(arrays(3), name)
+    for a, b in zip(assembler.arrays(), expected):
+        assert a.tobytes() == b.tobytes()
