@@ -68,7 +68,7 @@ DATA_TAG = 0x12
 # of CPU in Python and gRPC whatever its size, so a model that steps in well
 # under a millisecond would otherwise spend a core on messaging; steps of
 # real models are far longer than this, and for them it changes nothing.
-MIN_SEND_INTERVAL_S = 0.005
+MIN_SEND_INTERVAL_S = 0.01
 # Room for the tag and length of a data chunk within one gRPC message.
 MAX_CHUNK_BYTES = MAX_MESSAGE_BYTES - 16
 

@@ -369,3 +369,22 @@ def test_a_sender_to_a_closed_port_counts_errors_and_keeps_its_bound():
         assert sender.stats.errors > 0
     finally:
         sender.close()
+
+
+def test_a_paced_sender_delivers_every_gradient_in_fewer_messages(plain_server):
+    address, node = plain_server
+    outbox = Outbox("run", "me", "a:1", make_channel, SPECS, min_send_interval_s=0.2)
+    outbox.set_neighbors({"receiver": address})
+    try:
+        for step in range(10):
+            outbox.send(GRADIENT, values(1.0), {"me": step})
+            time.sleep(0.02)
+        deadline = time.monotonic() + 10
+        while sum(u.clock_ticks for u in node.delivered) < 10 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        outbox.close()
+    assert sum(u.clock_ticks for u in node.delivered) == 10
+    assert 2 <= len(node.delivered) <= 4  # ~0.2 s of steps, one update per 0.2 s
+    total = sum(u.arrays[0] for u in node.delivered)
+    np.testing.assert_array_equal(total, 10.0)
