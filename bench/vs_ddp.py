@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from strategies import ROOT, local_command, run_cluster
 
 
 def _free_port() -> int:
@@ -131,35 +131,17 @@ def run_dasgd(
 ) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         summary = Path(tmp) / "summary.json"
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "peer.cli",
-                "local",
-                "--peers",
-                str(peers),
-                "--workload",
-                "digits-mlp",
-                "--strategy",
-                "dasgd",
-                "--quiet",
-                "--step-delay-ms",
-                str(delay_ms),
-                "--slowdowns",
-                ",".join(map(str, slowdowns)),
-                "--target-accuracy",
-                str(target),
-                "--max-seconds",
-                str(max_seconds),
-                "--summary-json",
-                str(summary),
-            ],
-            cwd=ROOT,
-            check=False,
-            capture_output=True,
+        command = local_command(
+            "dasgd",
+            peers,
+            ",".join(map(str, slowdowns)),
+            target,
+            max_seconds,
+            summary,
+            step_delay_ms=delay_ms,
+            extra=["--quiet"],
         )
-        return json.loads(summary.read_text())
+        return run_cluster(command, summary, timeout=max_seconds + 120).summary
 
 
 def main() -> None:
