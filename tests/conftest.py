@@ -151,3 +151,19 @@ def start_peer(spawn: Callable[..., Daemon], bootstrap: str, run_id: str, *extra
         run_id,
         *extra,
     )
+
+
+def peer_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    """`dasgd-peer ARGS` from this checkout, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "peer.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def applied_from(address: str, sender: str) -> int:
+    """Updates from `sender` that the peer at `address` has applied."""
+    return {n.id: n.updates_applied for n in peer_status(address).neighbors}.get(sender, 0)

@@ -1,13 +1,11 @@
 """Config layering (file < environment < flags) and start-up validation."""
 
 import argparse
-import subprocess
-import sys
 
 import pytest
 
 from peer.config import PeerConfig, add_flags, load_config
-from tests.conftest import ROOT
+from tests.conftest import peer_cli
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -45,13 +43,7 @@ def test_secrets_are_masked_when_printed():
 def test_bad_settings_fail_at_start_with_the_flag_name(argv, message):
     with pytest.raises(ValueError, match=message):
         load_config(parse(argv), {})
-    cli = subprocess.run(
-        [sys.executable, "-m", "peer.cli", "run", *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    cli = peer_cli("run", *argv)
     assert cli.returncode == 2 and message in cli.stderr and "Traceback" not in cli.stderr
 
 

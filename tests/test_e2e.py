@@ -3,12 +3,18 @@
 import json
 import signal
 import socket
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, health_status, member_ids, peer_status, start_peer, wait_until
+from tests.conftest import (
+    applied_from,
+    health_status,
+    member_ids,
+    peer_cli,
+    peer_status,
+    start_peer,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -42,18 +48,9 @@ def test_two_peers_exchange_survive_a_kill_and_stop_cleanly(spawn):
     for address in (bootstrap, a_addr, b_addr):
         assert wait_until(lambda address=address: health_status(address) == "SERVING", 30)
 
-    def applied_from(address, other):
-        return {n.id: n.updates_applied for n in peer_status(address).neighbors}.get(other, 0)
-
     assert wait_until(lambda: applied_from(a_addr, b_id) > 20, 30)
     assert wait_until(lambda: applied_from(b_addr, a_id) > 20, 30)
-    cli = subprocess.run(
-        [sys.executable, "-m", "peer.cli", "status", "--peer", a_addr, "--json"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    cli = peer_cli("status", "--peer", a_addr, "--json")
     assert cli.returncode == 0, cli.stderr
     shown = json.loads(cli.stdout)
     assert shown["id"] == a_id and int(shown["updatesApplied"]) > 0
@@ -101,13 +98,7 @@ def test_leave_command_drains_and_exits_cleanly(spawn):
     peer = run_peer(spawn, bootstrap, "0/1")
     address = peer.address()
     wait_until(lambda: peer_status(address).step > 10, 30)
-    cli = subprocess.run(
-        [sys.executable, "-m", "peer.cli", "leave", "--peer", address],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    cli = peer_cli("leave", "--peer", address)
     assert cli.returncode == 0 and "is leaving" in cli.stdout, cli.stderr
     assert peer.process.wait(10) == 0
     assert member_ids(bootstrap, "e2e") == set()

@@ -3,18 +3,19 @@ peer finds the network through a seed peer (peer exchange), and everyone
 re-registers when the bootstrap comes back."""
 
 import signal
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT, member_ids, peer_status, start_peer, wait_until
+from tests.conftest import (
+    applied_from,
+    member_ids,
+    peer_cli,
+    peer_status,
+    start_peer,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
-
-
-def applied_from(address: str, sender: str) -> int:
-    return {n.id: n.updates_applied for n in peer_status(address).neighbors}.get(sender, 0)
 
 
 def test_training_and_discovery_go_on_without_the_bootstrap(spawn):
@@ -49,13 +50,7 @@ def test_training_and_discovery_go_on_without_the_bootstrap(spawn):
     # C learned of B through A, and B of C through peer exchange; all exchange updates.
     wait_until(lambda: applied_from(c_addr, a_id) > 10 and applied_from(c_addr, b_id) > 10, 30)
     wait_until(lambda: applied_from(b_addr, c_id) > 10, 30)
-    listed = subprocess.run(
-        [sys.executable, "-m", "peer.cli", "peers", "--peer", b_addr],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=ROOT,
-    )
+    listed = peer_cli("peers", "--peer", b_addr)
     assert c_id in listed.stdout, listed.stdout + listed.stderr
 
     spawn("bootstrap", "run", "--listen", boot_address, "--ttl", "2").address()
