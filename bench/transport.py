@@ -71,6 +71,7 @@ from peer.transport import (  # noqa: E402
     specs_to_wire,
 )
 from rpc import Security, make_channel, start_server  # noqa: E402
+from rpc.allocator import tune_allocator  # noqa: E402
 from rpc.server import CHANNEL_OPTIONS, SERVER_OPTIONS  # noqa: E402
 
 RUN_ID = "bench"
@@ -121,6 +122,11 @@ class CountingNode:
 def serve(kind: str, args: argparse.Namespace) -> None:
     """Runs one receiver until stdin closes; prints `PORT n` when ready."""
     options = extra_options(args.option)
+    if kind == "grpc-tuned":
+        tune_allocator()
+        kind = "grpc"
+    elif kind in ("push", "protobuf") and args.tune_allocator:
+        tune_allocator()  # as the peer daemon does by default
     if not args.receive_pool:
         codec.RECEIVE_POOL.max_idle_per_size = 0
     if kind == "socket":
@@ -170,10 +176,10 @@ def serve(kind: str, args: argparse.Namespace) -> None:
 
 
 def _socket_receiver(listener: socket.socket) -> None:
+    buffer = bytearray()  # kept across connections, as the push receivers' pool is
     while True:
         connection, _ = listener.accept()
         with connection:
-            buffer = bytearray()
             header = bytearray(8)
             while True:
                 if connection.recv_into(header, 8, socket.MSG_WAITALL) < 8:
@@ -199,6 +205,8 @@ class Receiver:
     def __init__(self, kind: str, args: argparse.Namespace):
         argv = [sys.executable, __file__, "--serve", kind, "--size-mb", str(args.size_mb)]
         argv += ["--tensors", str(args.tensors)]
+        if not args.tune_allocator:
+            argv.append("--no-tune-allocator")
         argv += [f"--option={o}" for o in args.option]
         if not args.receive_pool:
             argv.append("--no-receive-pool")
@@ -217,10 +225,18 @@ class Receiver:
                 return int(line.split()[1]) * 1024 / 1e6
         raise KeyError(field)
 
+    def _stat(self) -> list[str]:
+        """/proc/PID/stat from field 3 (state) on."""
+        return Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+
     def cpu_s(self) -> float:
         """User + system CPU seconds the receiver has used, all threads."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = self._stat()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def page_faults(self) -> int:
+        """Minor page faults so far (fresh memory being mapped in)."""
+        return int(self._stat()[7])
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
@@ -362,6 +378,13 @@ def main() -> None:
         help="reuse receive buffers (off: a fresh buffer per update)",
     )
     parser.add_argument(
+        "--tune-allocator",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="apply the daemon's allocator settings (rpc/allocator.py) to the sender and the "
+        "push receivers (off: as before them); grpc-tuned always has them",
+    )
+    parser.add_argument(
         "--skip",
         action="append",
         default=[],
@@ -374,6 +397,8 @@ def main() -> None:
     if args.serve:
         serve(args.serve, args)
         return
+    if args.tune_allocator:
+        tune_allocator()  # the sender is a peer daemon too
 
     chunk_bytes = args.chunk_kib * 1024
     specs = make_specs(args.size_mb, args.tensors)
@@ -384,9 +409,9 @@ def main() -> None:
 
         rpc.server.CHANNEL_OPTIONS = CHANNEL_OPTIONS + options
 
-    variants = ["push", "grpc", "socket", "protobuf", "fp16", "bf16", "fanout"]
+    variants = ["push", "grpc", "grpc-tuned", "socket", "protobuf", "fp16", "bf16", "fanout"]
     variants = [v for v in variants if v not in args.skip or v in ("push", "grpc")]
-    kinds = {"push", "grpc"} | ({"socket", "protobuf"} & set(variants))
+    kinds = {"push", "grpc"} | ({"grpc-tuned", "socket", "protobuf"} & set(variants))
     receivers = {k: Receiver(k, args) for k in kinds}
     if {"fp16", "bf16"} & set(variants):
         receivers["half"] = Receiver("push", args)
@@ -404,6 +429,7 @@ def main() -> None:
             channels["push"], payload, args.pushes, codec.RAW_F32, chunk_bytes
         ),
         "grpc": lambda: grpc_bytes_round(channels["grpc"], payload, args.pushes),
+        "grpc-tuned": lambda: grpc_bytes_round(channels["grpc-tuned"], payload, args.pushes),
         "socket": lambda: socket_round(receivers["socket"].address, payload, args.pushes),
         "protobuf": lambda: protobuf_round(
             channels["protobuf"], payload, args.pushes, codec.RAW_F32, chunk_bytes
@@ -420,15 +446,22 @@ def main() -> None:
         cpu_receivers.update(fp16=[receivers["half"]], bf16=[receivers["half"]])
     cpu_receivers["fanout"] = fanout
     cpu: dict[str, list[float]] = {v: [] for v in variants}
+    cpu_sender: dict[str, list[float]] = {v: [] for v in variants}
+    faults: dict[str, list[int]] = {v: [] for v in variants}
     try:
         for v in variants:  # warm-up: connections, pools, first-touch of buffers
             rounds[v]()
         for _ in range(args.repeats):
             for v in variants:
-                before = time.process_time() + sum(r.cpu_s() for r in cpu_receivers[v])
+                faults_before = sum(r.page_faults() for r in cpu_receivers[v])
+                sent_before = time.process_time()
+                before = sent_before + sum(r.cpu_s() for r in cpu_receivers[v])
                 times[v].append(rounds[v]())
-                after = time.process_time() + sum(r.cpu_s() for r in cpu_receivers[v])
+                sent_after = time.process_time()
+                after = sent_after + sum(r.cpu_s() for r in cpu_receivers[v])
                 cpu[v].append(after - before)
+                cpu_sender[v].append(sent_after - sent_before)
+                faults[v].append(sum(r.page_faults() for r in cpu_receivers[v]) - faults_before)
                 if v == "push":
                     rss_after_rounds.append(receivers["push"].memory_mb("VmRSS"))
         peak_rss = receivers["push"].memory_mb("VmHWM")
@@ -442,6 +475,9 @@ def main() -> None:
 
     def gbps(variant: str, copies: int = 1) -> float:
         return copies * moved / min(times[variant]) / 1e9
+
+    def paired(baseline: str) -> float:
+        return float(np.median([b / p for p, b in zip(times["push"], times[baseline])]))
 
     def params_per_s(variant: str) -> float:
         return args.pushes * payload.params / min(times[variant])
@@ -458,8 +494,18 @@ def main() -> None:
         "grpc_bytes_gbps": gbps("grpc"),
         "socket_gbps": gbps("socket") if "socket" in times else None,
         "ratio_vs_grpc": gbps("push") / gbps("grpc"),
+        # Per repeat, push against the baseline round that ran next to it:
+        # less swayed by the machine's mood than best against best.
+        "paired_ratio_vs_grpc": paired("grpc"),
+        "ratio_vs_grpc_tuned": gbps("push") / gbps("grpc-tuned") if "grpc-tuned" in times else None,
+        "paired_ratio_vs_grpc_tuned": paired("grpc-tuned") if "grpc-tuned" in times else None,
+        "tune_allocator": args.tune_allocator,
         "ratio_vs_socket": gbps("push") / gbps("socket") if "socket" in times else None,
         "cpu_s_per_gb": {v: min(c) / (moved / 1e9) for v, c in cpu.items()},
+        "sender_cpu_s_per_gb": {v: min(c) / (moved / 1e9) for v, c in cpu_sender.items()},
+        "receiver_page_faults_per_gb": {
+            v: round(float(np.median(f)) / (moved / 1e9)) for v, f in faults.items()
+        },
         "peak_rss_mb": peak_rss,
         "rss_start_mb": rss_start,
         "rss_after_rounds_mb": rss_after_rounds,
@@ -477,7 +523,8 @@ def main() -> None:
         result["fanout_ratio_vs_push"] = gbps("fanout", args.fanout) / gbps("push")
     result["rounds_s"] = {v: [round(t, 4) for t in ts] for v, ts in times.items()}
     result = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items()}
-    result["cpu_s_per_gb"] = {v: round(c, 3) for v, c in result["cpu_s_per_gb"].items()}
+    for key in ("cpu_s_per_gb", "sender_cpu_s_per_gb"):
+        result[key] = {v: round(c, 3) for v, c in result[key].items()}
     result["rss_after_rounds_mb"] = [round(x, 1) for x in rss_after_rounds]
     if args.json:
         print(json.dumps(result))
@@ -490,12 +537,17 @@ def main() -> None:
     rows = [
         ("push (real Push path)", "push"),
         ("bare gRPC bytes", "grpc"),
+        ("bare gRPC, allocator tuned", "grpc-tuned"),
         ("raw TCP socket", "socket"),
         ("push, protobuf Chunk objects", "protobuf"),
     ]
     for label, v in rows:
         if v in times:
-            cpu_note = f"   {result['cpu_s_per_gb'][v]:.2f} CPU s/GB"
+            cpu_note = (
+                f"   {result['cpu_s_per_gb'][v]:.2f} CPU s/GB "
+                f"(sender {result['sender_cpu_s_per_gb'][v]:.2f}), "
+                f"receiver {result['receiver_page_faults_per_gb'][v]} page faults/GB"
+            )
             print(f"  {label:30s} {gbps(v):6.2f} GB/s{cpu_note}")
     for name in ("fp16", "bf16"):
         if name in times:
@@ -512,7 +564,16 @@ def main() -> None:
             f"{result['cpu_s_per_gb']['fanout'] / args.fanout:.2f} CPU s/GB delivered"
         )
     socket_note = f", push / socket = {result['ratio_vs_socket']:.2f}" if "socket" in times else ""
-    print(f"push / bare gRPC = {result['ratio_vs_grpc']:.2f}{socket_note}")
+    print(
+        f"push / bare gRPC = {result['ratio_vs_grpc']:.2f} "
+        f"(paired median {result['paired_ratio_vs_grpc']:.2f}){socket_note}"
+    )
+    if result["ratio_vs_grpc_tuned"] is not None:
+        print(
+            f"push / bare gRPC with the same allocator settings = "
+            f"{result['ratio_vs_grpc_tuned']:.2f} "
+            f"(paired median {result['paired_ratio_vs_grpc_tuned']:.2f})"
+        )
     print(
         f"receiver RSS: {rss_start:.0f} MB at start, after each round "
         f"{', '.join(f'{x:.0f}' for x in rss_after_rounds)} MB; peak {peak_rss:.0f} MB "

@@ -69,15 +69,21 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> argpar
         "[env DASGD_TOKEN_FILE]",
     )
     run.add_argument(
-        "--tls-cert", default=environ.get("DASGD_TLS_CERT"), metavar="F",
+        "--tls-cert",
+        default=environ.get("DASGD_TLS_CERT"),
+        metavar="F",
         help="PEM certificate chain [env DASGD_TLS_CERT]",
     )
     run.add_argument(
-        "--tls-key", default=environ.get("DASGD_TLS_KEY"), metavar="F",
+        "--tls-key",
+        default=environ.get("DASGD_TLS_KEY"),
+        metavar="F",
         help="PEM private key [env DASGD_TLS_KEY]",
     )
     run.add_argument(
-        "--tls-ca", default=environ.get("DASGD_TLS_CA"), metavar="F",
+        "--tls-ca",
+        default=environ.get("DASGD_TLS_CA"),
+        metavar="F",
         help="PEM CA bundle; clients must then present a certificate it signed "
         "(mutual TLS) [env DASGD_TLS_CA]",
     )
@@ -85,8 +91,7 @@ def parse_args(argv: Sequence[str] | None, environ: Mapping[str, str]) -> argpar
         "--insecure",
         action="store_true",
         default=None,
-        help="allow plaintext on a non-loopback address, for trusted networks "
-        "[env DASGD_INSECURE]",
+        help="allow plaintext on a non-loopback address, for trusted networks [env DASGD_INSECURE]",
     )
     run.add_argument(
         "--log-level",

@@ -471,6 +471,11 @@ class Registry:
             subscription.deliver(event)
         log.info(
             "run %s v%d: %s %s at %s (%d members)",
-            member.run_id, version, member.id, kind.value, member.address, len(event.members),
+            member.run_id,
+            version,
+            member.id,
+            kind.value,
+            member.address,
+            len(event.members),
         )
         return event

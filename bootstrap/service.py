@@ -121,7 +121,8 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
         context.add_callback(subscription.close)
         log.debug(
             "watch of run %s opened (%d watching)",
-            request.run_id, self._registry.watcher_count(request.run_id),
+            request.run_id,
+            self._registry.watcher_count(request.run_id),
         )
         try:
             snapshot = subscription.snapshot
@@ -143,7 +144,8 @@ class MembershipServicer(membership_pb2_grpc.MembershipServicer):
             self._registry.unsubscribe(subscription)
             log.debug(
                 "watch of run %s closed (%d watching)",
-                request.run_id, self._registry.watcher_count(request.run_id),
+                request.run_id,
+                self._registry.watcher_count(request.run_id),
             )
         if subscription.overflowed:
             context.abort(
@@ -225,7 +227,9 @@ class BootstrapDaemon:
         self._handle.set_serving(True)
         log.info(
             "bootstrap ready: ttl=%.1fs state=%s %s",
-            self._ttl, self._state_path or "(in memory)", self._security.describe(),
+            self._ttl,
+            self._state_path or "(in memory)",
+            self._security.describe(),
         )
         return self
 

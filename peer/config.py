@@ -36,6 +36,9 @@ class PeerConfig:
     fanout: int = _opt(2, "random-k: number of neighbors")
     compression: str = _opt("raw", "tensor codec on the wire: raw, fp16, bf16")
     chunk_kib: int = _opt(1024, "data chunk size on the wire, KiB")
+    tune_allocator: bool = _opt(
+        True, "keep freed message buffers mapped for reuse (glibc; fewer page faults)"
+    )
     queue_size: int = _opt(8, "per-neighbor send queue bound (then coalesce/drop)")
     inbox_size: int = _opt(256, "received updates waiting to be applied (then backpressure)")
     step_delay_ms: float = _opt(0.0, "sleep this long after each step (emulate a slower device)")

@@ -34,6 +34,7 @@ from peer.trainer import Trainer
 from peer.transport import Outbox, PeerServicer, add_peer_service, pull_model
 from peer.workloads import load_workload
 from rpc import Security, ServerHandle, make_channel, start_server
+from rpc.allocator import tune_allocator
 from rpc.server import split_host_port
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,8 @@ class PeerDaemon:
         self.membership: MembershipClient | None = None
 
         torch.set_num_threads(1)
+        if config.tune_allocator:
+            tune_allocator()
         shard_index, shard_count = config.shard_pair()
         self.workload = load_workload(
             config.workload, shard_index, shard_count, config.learning_rate or None

@@ -1,0 +1,78 @@
+"""The allocator settings keep gRPC's message buffers from faulting pages.
+
+Each case streams 200 MiB of 1 MiB messages through a bare gRPC server and
+client in a fresh interpreter (malloc's state is per process) and counts the
+minor page faults the transfer caused: without the settings nearly every
+message lands on fresh pages, with them freed buffers are reused.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from rpc.allocator import tune_allocator
+
+ROOT = Path(__file__).resolve().parents[1]
+
+STREAM_AND_COUNT_FAULTS = textwrap.dedent(
+    """
+    import resource, sys
+    from concurrent import futures
+    import grpc
+    from rpc.allocator import tune_allocator
+
+    if sys.argv[1] == "tuned":
+        assert tune_allocator()
+
+    def stream(messages, context):
+        return sum(len(m) for m in messages).to_bytes(8, "little")
+
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    handler = grpc.stream_unary_rpc_method_handler(stream)
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("t.Bytes", {"Stream": handler}),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    call = grpc.insecure_channel(f"127.0.0.1:{port}").stream_unary("/t.Bytes/Stream")
+    chunk = b"x" * (1 << 20)
+    call(iter([chunk] * 20))  # connection, threads, first buffers
+
+    def faults():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+    before = faults()
+    assert int.from_bytes(call(iter([chunk] * 200)), "little") == 200 << 20
+    print(faults() - before)
+    server.stop(None)
+    """
+)
+
+
+def page_faults(mode: str) -> int:
+    result = subprocess.run(
+        [sys.executable, "-c", STREAM_AND_COUNT_FAULTS, mode],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return int(result.stdout.split()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
+def test_tuned_allocator_reuses_message_buffers_instead_of_faulting_pages():
+    default, tuned = page_faults("default"), page_faults("tuned")
+    # 200 MiB is 51,200 pages; measured ~37,000 faults by default, ~1,800 tuned.
+    assert default > 10_000, default
+    assert tuned * 4 < default, (tuned, default)
+
+
+def test_tune_allocator_reports_success_on_glibc():
+    assert tune_allocator() is True
