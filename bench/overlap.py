@@ -13,7 +13,7 @@ for --cycles rounds; each round's ratio is samples/s with neighbors over the
 mean of the alone windows either side (cancelling slow drift), and the
 median ratio is reported. Samples/s is P's step count times the batch size
 over a window, read from its Status RPC; evaluation is switched off
-(--eval-every huge) so a window is all training.
+(--eval-every huge, --eval-every-s 0) so a window is all training.
 
 What the ratio means on this 2-core machine: four peers would fight for
 the same two cores, so the neighbors stand in for peers on other machines.
@@ -188,6 +188,8 @@ def peer_argv(bootstrap: str, run_id: str, workload: str, k: int, shard: str) ->
         shard,
         "--eval-every",
         "100000000",
+        "--eval-every-s",
+        "0",  # else received updates trigger evaluations P alone never makes
         "--no-warm-start",
         "--log-level",
         "WARNING",

@@ -39,6 +39,12 @@ class PeerConfig:
     tune_allocator: bool = _opt(
         True, "keep freed message buffers mapped for reuse (glibc; fewer page faults)"
     )
+    min_send_interval_ms: float = _opt(
+        10.0, "least time between two updates to one neighbor; what comes meanwhile is summed"
+    )
+    max_send_rate: float = _opt(
+        100.0, "updates per second to all neighbors together (0: no limit besides the interval)"
+    )
     queue_size: int = _opt(8, "per-neighbor send queue bound (then coalesce/drop)")
     inbox_size: int = _opt(256, "received updates waiting to be applied (then backpressure)")
     step_delay_ms: float = _opt(0.0, "sleep this long after each step (emulate a slower device)")
@@ -100,7 +106,14 @@ class PeerConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1")
-        for name in ("step_delay_ms", "slowdown", "eval_every_s", "checkpoint_every_s"):
+        for name in (
+            "step_delay_ms",
+            "slowdown",
+            "eval_every_s",
+            "checkpoint_every_s",
+            "min_send_interval_ms",
+            "max_send_rate",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative")
         return self

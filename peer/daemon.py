@@ -225,6 +225,8 @@ class PeerDaemon:
             max_queue=self.config.queue_size,
             chunk_bytes=self.config.chunk_kib * 1024,
             link_up=self._link_up,
+            min_send_interval_s=self.config.min_send_interval_ms / 1000.0,
+            max_send_rate=self.config.max_send_rate,
         )
         self._on_members(self._member_list())
         if not joined:

@@ -21,11 +21,12 @@ thread, once for all neighbors. Summable updates (gradients, deltas,
 commits) are summed rather than queued one by one: a broadcast that no
 sender has started on absorbs the next one, updates queued behind each other
 leave as one, and a sender starts at most one update per
-MIN_SEND_INTERVAL_S; when a queue is full anyway, a summable update is added
-into the queued one of its kind and a snapshot replaces the older snapshot.
-So memory stays bounded, a fast trainer does not spend its cores on
-per-message overhead, and it never waits for a slow or dead neighbor; every
-sum and every drop is counted.
+MIN_SEND_INTERVAL_S (all senders together at most MAX_SEND_RATE per second);
+when a queue is full anyway, a summable update is added into the queued one
+of its kind and a snapshot replaces the older snapshot. So memory stays
+bounded, a fast trainer does not spend its cores on per-message overhead,
+and it never waits for a slow or dead neighbor; every sum and every drop is
+counted. An update that fits one chunk travels inside its header's message.
 """
 
 from __future__ import annotations
@@ -63,12 +64,22 @@ PEER_SERVICE = peer_pb2.DESCRIPTOR.services_by_name["Peer"].full_name
 PUSH_METHOD = f"/{PEER_SERVICE}/Push"
 # Chunk.data on the wire: field 2, wire type 2 (length-delimited).
 DATA_TAG = 0x12
+# Chunk.header (field 1) and UpdateHeader.inline_payload (field 13), both
+# length-delimited.
+HEADER_TAG = 0x0A
+INLINE_PAYLOAD_TAG = 13 << 3 | 2
 # A sender starts at most one update per interval on each stream; what the
 # trainer produces meanwhile is summed into one. A small update costs ~0.2 ms
 # of CPU in Python and gRPC whatever its size, so a model that steps in well
 # under a millisecond would otherwise spend a core on messaging; steps of
 # real models are far longer than this, and for them it changes nothing.
 MIN_SEND_INTERVAL_S = 0.01
+# And all streams together start at most this many updates per second: each
+# costs ~0.4 ms of interpreter-lock time however small it is, so with K
+# neighbors a fast trainer would otherwise lose K x 4% of its time at one
+# update per 10 ms per stream (bench/overlap.py). 100/s keeps that near 4%;
+# with K neighbors each stream sends at most every K/100 s.
+MAX_SEND_RATE = 100.0
 # Room for the tag and length of a data chunk within one gRPC message.
 MAX_CHUNK_BYTES = MAX_MESSAGE_BYTES - 16
 
@@ -81,19 +92,31 @@ def specs_to_wire(specs: Sequence[TensorSpec]) -> list[peer_pb2.TensorSpec]:
     return [peer_pb2.TensorSpec(name=s.name, shape=list(s.shape), dtype=s.dtype) for s in specs]
 
 
-@lru_cache(maxsize=256)
-def data_prefix(size: int) -> bytes:
-    """Wire bytes that make a `size`-byte payload a serialized Chunk{data}."""
-    out = bytearray([DATA_TAG])
-    while size >= 0x80:
-        out.append(size & 0x7F | 0x80)
-        size >>= 7
-    out.append(size)
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
     return bytes(out)
 
 
-def header_frame(header: peer_pb2.UpdateHeader) -> bytes:
-    return peer_pb2.Chunk(header=header).SerializeToString()
+@lru_cache(maxsize=256)
+def data_prefix(size: int) -> bytes:
+    """Wire bytes that make a `size`-byte payload a serialized Chunk{data}."""
+    return bytes([DATA_TAG]) + _varint(size)
+
+
+def header_frame(header: peer_pb2.UpdateHeader, inline_payload: bytes = b"") -> bytes:
+    """Chunk{header}, with `inline_payload` as the header's inline_payload:
+    appended to the serialized header by hand (protobuf accepts fields in any
+    order), so the payload is copied once, into the frame."""
+    if not inline_payload:
+        return peer_pb2.Chunk(header=header).SerializeToString()
+    fields = header.SerializeToString()
+    inline = bytes([INLINE_PAYLOAD_TAG]) + _varint(len(inline_payload))
+    size = len(fields) + len(inline) + len(inline_payload)
+    return b"".join((bytes([HEADER_TAG]), _varint(size), fields, inline, inline_payload))
 
 
 @dataclass
@@ -176,15 +199,24 @@ class OutboundMessage:
             self.taken = True
             if self._frames is not None and self._frames[0] == chunk_bytes:
                 return iter(self._frames[1])
-            first = header_frame(self._prepared_header())
+            header = self._prepared_header()
+            if header.total_bytes + header.ByteSize() <= chunk_bytes:
+                # Small enough for one message: every message costs the
+                # sender's and the receiver's interpreter a fixed ~0.1 ms.
+                payload = b"".join(self._data_frames(chunk_bytes, prefix=False))
+                frames = [header_frame(header, payload)]
+            elif self.recipients > 1:
+                frames = [header_frame(header), *self._data_frames(chunk_bytes)]
+            else:
+                return self._stream(header_frame(header), chunk_bytes)
             if self.recipients > 1:
-                frames = [first, *self._data_frames(chunk_bytes)]
                 self._frames = (chunk_bytes, frames)
-                return iter(frames)
-        return self._stream(first, chunk_bytes)
+            return iter(frames)
 
-    def _data_frames(self, chunk_bytes: int) -> Iterator[bytes]:
+    def _data_frames(self, chunk_bytes: int, prefix: bool = True) -> Iterator[bytes]:
         scale = self._header.scale or 1.0
+        if not prefix:
+            return codec.iter_frames(self.arrays, self.codec_name, scale, chunk_bytes)
         return codec.iter_frames(self.arrays, self.codec_name, scale, chunk_bytes, data_prefix)
 
     def _stream(self, first: bytes, chunk_bytes: int) -> Iterator[bytes]:
@@ -249,8 +281,16 @@ class SenderStats:
     sent: int = 0
     bytes_sent: int = 0
     dropped: int = 0
-    coalesced: int = 0
     errors: int = 0
+    # Two counters with one writer each, so neither needs a lock: sums the
+    # sender made in its queue, and broadcasts the Outbox added into one this
+    # sender had not started on yet (on the trainer's thread, every step).
+    queue_coalesced: int = 0
+    broadcast_coalesced: int = 0
+
+    @property
+    def coalesced(self) -> int:
+        return self.queue_coalesced + self.broadcast_coalesced
 
 
 class NeighborSender:
@@ -268,7 +308,7 @@ class NeighborSender:
         min_interval_s: float = MIN_SEND_INTERVAL_S,
     ):
         self.member_id = member_id
-        self._min_interval_s = min_interval_s
+        self.min_interval_s = min_interval_s  # Outbox adjusts it as neighbors come and go
         # Fault injection: while False, nothing is sent (the queue coalesces).
         self._link_up = link_up
         self.address = address
@@ -292,8 +332,9 @@ class NeighborSender:
         return len(self._queue)
 
     def count_coalesced(self) -> None:
-        with self._cond:
-            self.stats.coalesced += 1
+        """Called by the Outbox alone (under its lock) when a broadcast this
+        sender has queued absorbed a newer one."""
+        self.stats.broadcast_coalesced += 1
 
     def offer(self, message: OutboundMessage) -> None:
         """Enqueues without ever blocking; coalesces or drops when full."""
@@ -315,7 +356,7 @@ class NeighborSender:
                         queued = queued.private_copy()
                     queued.absorb(message)
                     self._queue.append(queued)
-                    self.stats.coalesced += 1
+                    self.stats.queue_coalesced += 1
                     return
         if message.kind in REPLACEABLE:
             for queued in self._queue:
@@ -359,7 +400,7 @@ class NeighborSender:
                 if message.recipients > 1:
                     message = message.private_copy()
                 message.absorb(self._queue.popleft().take())
-                self.stats.coalesced += 1
+                self.stats.queue_coalesced += 1
             return message
 
     def _requests(self, first: OutboundMessage) -> Iterator[bytes]:
@@ -369,7 +410,7 @@ class NeighborSender:
             yield from message.wire_frames(self._chunk_bytes)
             self.stats.sent += 1
             self.stats.bytes_sent += message.header.total_bytes
-            pause = started + self._min_interval_s - time.monotonic()
+            pause = started + self.min_interval_s - time.monotonic()
             if pause > 0:
                 time.sleep(pause)  # what arrives meanwhile goes out as one update
             message = self._next_message(self._idle_close_s)
@@ -424,6 +465,7 @@ class Outbox:
         chunk_bytes: int = codec.DEFAULT_CHUNK_BYTES,
         link_up: Callable[[str], bool] = lambda member_id: True,
         min_send_interval_s: float = MIN_SEND_INTERVAL_S,
+        max_send_rate: float = MAX_SEND_RATE,
     ):
         if not 0 < chunk_bytes <= MAX_CHUNK_BYTES:
             raise ValueError(
@@ -446,6 +488,7 @@ class Outbox:
         self._max_queue = max_queue
         self._chunk_bytes = chunk_bytes
         self._min_send_interval_s = min_send_interval_s
+        self._max_send_rate = max_send_rate
         self._senders: dict[str, NeighborSender] = {}
         # The last summable broadcast and whom it went to, while no sender
         # has taken it.
@@ -455,8 +498,14 @@ class Outbox:
         # refuse replays without remembering incarnations.
         self._sequence = time.time_ns() // 1000
 
+    def send_interval_s(self, neighbors: int) -> float:
+        """Least time between two updates on one stream, with `neighbors` streams."""
+        by_rate = neighbors / self._max_send_rate if self._max_send_rate > 0 else 0.0
+        return max(self._min_send_interval_s, by_rate)
+
     def set_neighbors(self, neighbors: dict[str, str]) -> None:
         """neighbors: member id -> address. Starts and stops senders to match."""
+        interval = self.send_interval_s(len(neighbors))
         with self._lock:
             gone = [mid for mid, s in self._senders.items() if neighbors.get(mid) != s.address]
             stopped = [self._senders.pop(mid) for mid in gone]
@@ -469,8 +518,10 @@ class Outbox:
                         max_queue=self._max_queue,
                         chunk_bytes=self._chunk_bytes,
                         link_up=lambda mid=mid: self._link_up(mid),
-                        min_interval_s=self._min_send_interval_s,
+                        min_interval_s=interval,
                     )
+            for sender in self._senders.values():
+                sender.min_interval_s = interval
         for sender in stopped:
             threading.Thread(target=sender.close, daemon=True).start()
 
@@ -737,16 +788,15 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                         )
                     header = chunk.header
                     assembler = self.check_header(header)
+                    data = header.inline_payload
+                    if data:
+                        self._add(assembler, data)
                 elif which == "data":
                     if assembler is None:
                         raise RejectedUpdate(
                             grpc.StatusCode.INVALID_ARGUMENT, "data chunk before any header"
                         )
-                    try:
-                        assembler.add(data)
-                    except codec.DecodeError as error:
-                        raise RejectedUpdate(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-                    self.bytes_received += len(data)
+                    self._add(assembler, data)
                 else:
                     raise RejectedUpdate(grpc.StatusCode.INVALID_ARGUMENT, "empty chunk")
                 if assembler is not None and assembler.complete:
@@ -763,6 +813,13 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
         except RejectedUpdate as rejected:
             self._abort(context, rejected)
         return peer_pb2.PushAck(accepted=accepted, last_sequence=last_sequence)
+
+    def _add(self, assembler: codec.Assembler, data: bytes | memoryview) -> None:
+        try:
+            assembler.add(data)
+        except codec.DecodeError as error:
+            raise RejectedUpdate(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
+        self.bytes_received += len(data)
 
     def _deliver(self, header: peer_pb2.UpdateHeader, assembler: codec.Assembler) -> None:
         try:
@@ -864,6 +921,7 @@ def pull_model(
             assembler = codec.Assembler(
                 specs, CODEC_FROM_WIRE[header.codec], header.total_bytes, header.scale or 1.0
             )
+            assembler.add(header.inline_payload)
         elif assembler is None:
             raise codec.DecodeError("data before header in pulled model")
         else:

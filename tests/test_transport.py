@@ -5,6 +5,7 @@ wire format (frames out, parsed views in) against protobuf's own."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -30,6 +31,7 @@ from peer.transport import (
     UpdateInfo,
     add_peer_service,
     data_prefix,
+    header_frame,
     parse_chunk,
     push_method,
     specs_to_wire,
@@ -315,16 +317,24 @@ class Node:
         pass
 
 
-@pytest.fixture
-def plain_server() -> Iterator[tuple[str, Node]]:
+@contextlib.contextmanager
+def serving_node() -> Iterator[tuple[str, Node]]:
     """PeerServicer on a bare grpc.server: no interceptors to help it."""
     node = Node()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     add_peer_service(server, PeerServicer(node))
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
-    yield f"127.0.0.1:{port}", node
-    server.stop(0).wait(5)
+    try:
+        yield f"127.0.0.1:{port}", node
+    finally:
+        server.stop(0).wait(5)
+
+
+@pytest.fixture
+def plain_server() -> Iterator[tuple[str, Node]]:
+    with serving_node() as served:
+        yield served
 
 
 @pytest.mark.parametrize("codec_name", codec.CODECS)
@@ -337,6 +347,51 @@ def test_push_delivers_through_the_hand_made_path(plain_server, codec_name: str)
     (update,) = node.delivered
     for got, sent in zip(update.arrays, outbound.arrays):
         np.testing.assert_allclose(got, sent, rtol=2**-8)
+
+
+@pytest.mark.parametrize("codec_name", codec.CODECS)
+def test_a_small_update_is_one_message_with_its_payload_inline(plain_server, codec_name: str):
+    address, node = plain_server
+    outbound = message(1, codec_name)
+    (frame,) = outbound.wire_frames()  # default chunk: everything fits one message
+    header = peer_pb2.Chunk.FromString(frame).header
+    expected = bytes(codec.encode(outbound.arrays, codec_name, header.scale))
+    assert header.inline_payload == expected and header.total_bytes == len(expected)
+    with grpc.insecure_channel(address) as channel:
+        ack = push_method(channel)(iter([frame]), timeout=10)
+    assert ack.accepted == 1
+    (update,) = node.delivered
+    decoded = codec.decode(expected, SPECS, codec_name, header.scale or 1.0)
+    for got, want in zip(update.arrays, decoded):
+        assert got.tobytes() == want.tobytes()
+
+
+def test_an_inline_payload_may_be_followed_by_data_chunks(plain_server):
+    address, node = plain_server
+    outbound = message(1)
+    header = outbound.header
+    payload = bytes(codec.encode(outbound.arrays))
+    frames = [header_frame(header, payload[:10]), data_prefix(len(payload) - 10) + payload[10:]]
+    with grpc.insecure_channel(address) as channel:
+        ack = push_method(channel)(iter(frames), timeout=10)
+    assert ack.accepted == 1
+    (update,) = node.delivered
+    for got, sent in zip(update.arrays, outbound.arrays):
+        assert got.tobytes() == sent.tobytes()
+
+
+def test_an_inline_payload_longer_than_announced_is_rejected(plain_server):
+    address, node = plain_server
+    outbound = message(1)
+    payload = bytes(codec.encode(outbound.arrays))
+    with grpc.insecure_channel(address) as channel:
+        with pytest.raises(grpc.RpcError) as raised:
+            push_method(channel)(
+                iter([header_frame(outbound.header, payload + b"1234")]), timeout=10
+            )
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "overflows" in raised.value.details()
+    assert not node.delivered
 
 
 def test_garbage_is_invalid_argument_without_any_interceptor(plain_server):
@@ -388,3 +443,33 @@ def test_a_paced_sender_delivers_every_gradient_in_fewer_messages(plain_server):
     assert 2 <= len(node.delivered) <= 4  # ~0.2 s of steps, one update per 0.2 s
     total = sum(u.arrays[0] for u in node.delivered)
     np.testing.assert_array_equal(total, 10.0)
+
+
+def test_the_send_rate_is_shared_by_all_neighbors():
+    outbox = Outbox("run", "me", "a:1", make_channel, SPECS, max_send_rate=10.0)
+    assert outbox.send_interval_s(1) == pytest.approx(0.1)
+    assert outbox.send_interval_s(3) == pytest.approx(0.3)
+    unlimited = Outbox("run", "me", "a:1", make_channel, SPECS, max_send_rate=0)
+    assert unlimited.send_interval_s(16) == pytest.approx(0.01)  # the per-stream floor
+    with serving_node() as (first, node1), serving_node() as (second, node2):
+        outbox.set_neighbors({"n1": first, "n2": second})
+        assert [s.min_interval_s for s in outbox.senders()] == pytest.approx([0.2, 0.2])
+        try:
+            started = time.monotonic()
+            for step in range(40):  # ~0.8 s of steps
+                outbox.send(GRADIENT, values(1.0), {"me": step})
+                time.sleep(0.02)
+            deadline = time.monotonic() + 10
+            for node in (node1, node2):
+                while (
+                    sum(u.clock_ticks for u in node.delivered) < 40 and time.monotonic() < deadline
+                ):
+                    time.sleep(0.02)
+            elapsed = time.monotonic() - started
+        finally:
+            outbox.close()
+    for node in (node1, node2):
+        assert sum(u.clock_ticks for u in node.delivered) == 40
+        np.testing.assert_array_equal(sum(u.arrays[0] for u in node.delivered), 40.0)
+        # one update per 0.2 s per stream (10/s shared by two), plus the first
+        assert len(node.delivered) <= elapsed / 0.2 + 2, (len(node.delivered), elapsed)

@@ -51,7 +51,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("run_id", "sender_id", "sequence", "kind", "vector_clock", "tensors", "codec", "scale", "total_bytes", "round", "clock_ticks", "sender_address")
+    __slots__ = ("run_id", "sender_id", "sequence", "kind", "vector_clock", "tensors", "codec", "scale", "total_bytes", "round", "clock_ticks", "sender_address", "inline_payload")
     class VectorClockEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class UpdateHeader(_message.Message):
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CLOCK_TICKS_FIELD_NUMBER: _ClassVar[int]
     SENDER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    INLINE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     sender_id: str
     sequence: int
@@ -83,7 +84,8 @@ class UpdateHeader(_message.Message):
     round: int
     clock_ticks: int
     sender_address: str
-    def __init__(self, run_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., sequence: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., vector_clock: _Optional[_Mapping[str, int]] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., codec: _Optional[_Union[Codec, str]] = ..., scale: _Optional[float] = ..., total_bytes: _Optional[int] = ..., round: _Optional[int] = ..., clock_ticks: _Optional[int] = ..., sender_address: _Optional[str] = ...) -> None: ...
+    inline_payload: bytes
+    def __init__(self, run_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., sequence: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., vector_clock: _Optional[_Mapping[str, int]] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., codec: _Optional[_Union[Codec, str]] = ..., scale: _Optional[float] = ..., total_bytes: _Optional[int] = ..., round: _Optional[int] = ..., clock_ticks: _Optional[int] = ..., sender_address: _Optional[str] = ..., inline_payload: _Optional[bytes] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("header", "data")
