@@ -93,6 +93,7 @@ class PeerDaemon:
             strategy=self.strategy,
             send=self._send,
             inbox_size=config.inbox_size,
+            inbox_bytes=int(config.inbox_mb * 1e6),
             eval_every=config.eval_every,
             eval_every_s=config.eval_every_s,
             step_delay_s=config.step_delay_ms * config.slowdown / 1000.0,

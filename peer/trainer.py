@@ -45,6 +45,7 @@ class Trainer:
         strategy: Strategy,
         send: SendFn,
         inbox_size: int = 256,
+        inbox_bytes: int = 1 << 30,
         eval_every: int = 10,
         eval_every_s: float = 0.0,
         step_delay_s: float = 0.0,
@@ -57,7 +58,7 @@ class Trainer:
         self.send = send
         # Received updates and requests to run on this thread, in arrival order:
         # one queue, so waiting for either is one blocking get.
-        self.inbox: queue.Queue[Incoming | _Request] = queue.Queue(maxsize=inbox_size)
+        self.inbox = Inbox(inbox_size, inbox_bytes)
         self.eval_every = eval_every
         self.eval_every_s = eval_every_s
         # (time, step, accuracy, loss) of recent evaluations, for progress plots.
@@ -256,6 +257,47 @@ class Trainer:
             return 0.0
         elapsed = time.time() - self.stats.first_step_at
         return self.stats.samples / elapsed if elapsed > 0 else 0.0
+
+
+def _payload_bytes(item: Incoming | _Request) -> int:
+    return sum(a.nbytes for a in item.arrays) if isinstance(item, Incoming) else 0
+
+
+class Inbox(queue.Queue):
+    """The trainer's queue, bounded by count and by the bytes of the updates
+    in it: with 100 MB updates a count alone (256) would let a trainer that
+    falls behind hold 25 GB. An update that does not fit waits (`put` with a
+    timeout, as for a full count); one is always let into an inbox that
+    holds no payload, so an update larger than the bound still gets through.
+    """
+
+    def __init__(self, maxsize: int, max_bytes: int):
+        super().__init__(maxsize)
+        self.max_bytes = max_bytes
+        self.bytes = 0  # payload bytes queued; changed under self.mutex
+
+    def put(self, item, block: bool = True, timeout: float | None = None) -> None:
+        size = _payload_bytes(item)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.not_full:
+            while (0 < self.maxsize <= self._qsize()) or (
+                size and self.bytes and self.bytes + size > self.max_bytes
+            ):
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if not block or (remaining is not None and remaining <= 0):
+                    raise queue.Full
+                self.not_full.wait(remaining)
+            self._put(item)
+            self.bytes += size
+            self.unfinished_tasks += 1
+            self.not_empty.notify()
+
+    def _get(self):
+        item = super()._get()
+        self.bytes -= _payload_bytes(item)
+        # Room in bytes may let a different waiter in than room in count.
+        self.not_full.notify_all()
+        return item
 
 
 class _Request:
