@@ -37,7 +37,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Protocol
 
 import grpc
@@ -107,16 +107,23 @@ def data_prefix(size: int) -> bytes:
     return bytes([DATA_TAG]) + _varint(size)
 
 
+def inline_header_prefix(header: peer_pb2.UpdateHeader, payload_size: int) -> bytes:
+    """Wire bytes that, followed by a `payload_size`-byte payload, make
+    Chunk{header} with that payload as the header's inline_payload: the field
+    is appended to the serialized header by hand (protobuf accepts fields in
+    any order), so the payload can go straight from the tensors into the
+    frame, as data chunks do."""
+    fields = header.SerializeToString()
+    inline = bytes([INLINE_PAYLOAD_TAG]) + _varint(payload_size)
+    size = len(fields) + len(inline) + payload_size
+    return b"".join((bytes([HEADER_TAG]), _varint(size), fields, inline))
+
+
 def header_frame(header: peer_pb2.UpdateHeader, inline_payload: bytes = b"") -> bytes:
-    """Chunk{header}, with `inline_payload` as the header's inline_payload:
-    appended to the serialized header by hand (protobuf accepts fields in any
-    order), so the payload is copied once, into the frame."""
+    """Chunk{header}, carrying `inline_payload` if one is given."""
     if not inline_payload:
         return peer_pb2.Chunk(header=header).SerializeToString()
-    fields = header.SerializeToString()
-    inline = bytes([INLINE_PAYLOAD_TAG]) + _varint(len(inline_payload))
-    size = len(fields) + len(inline) + len(inline_payload)
-    return b"".join((bytes([HEADER_TAG]), _varint(size), fields, inline, inline_payload))
+    return inline_header_prefix(header, len(inline_payload)) + inline_payload
 
 
 @dataclass
@@ -203,8 +210,9 @@ class OutboundMessage:
             if header.total_bytes + header.ByteSize() <= chunk_bytes:
                 # Small enough for one message: every message costs the
                 # sender's and the receiver's interpreter a fixed ~0.1 ms.
-                payload = b"".join(self._data_frames(chunk_bytes, prefix=False))
-                frames = [header_frame(header, payload)]
+                # (A model without parameters has no payload to inline.)
+                inline = partial(inline_header_prefix, header)
+                frames = list(self._data_frames(chunk_bytes, inline)) or [header_frame(header)]
             elif self.recipients > 1:
                 frames = [header_frame(header), *self._data_frames(chunk_bytes)]
             else:
@@ -213,11 +221,11 @@ class OutboundMessage:
                 self._frames = (chunk_bytes, frames)
             return iter(frames)
 
-    def _data_frames(self, chunk_bytes: int, prefix: bool = True) -> Iterator[bytes]:
+    def _data_frames(
+        self, chunk_bytes: int, prefix: Callable[[int], bytes] = data_prefix
+    ) -> Iterator[bytes]:
         scale = self._header.scale or 1.0
-        if not prefix:
-            return codec.iter_frames(self.arrays, self.codec_name, scale, chunk_bytes)
-        return codec.iter_frames(self.arrays, self.codec_name, scale, chunk_bytes, data_prefix)
+        return codec.iter_frames(self.arrays, self.codec_name, scale, chunk_bytes, prefix)
 
     def _stream(self, first: bytes, chunk_bytes: int) -> Iterator[bytes]:
         yield first
