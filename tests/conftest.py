@@ -164,6 +164,28 @@ def peer_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     )
 
 
+def run_local(*args: str, timeout: float) -> tuple[int, str]:
+    """`dasgd-peer local ARGS` to the end: (exit code, stdout and stderr).
+    It runs in its own process group, so a run cut short takes the bootstrap
+    and every peer with it."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "peer.cli", "local", *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    finally:
+        if process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(10)
+    return process.returncode, output
+
+
 def applied_from(address: str, sender: str) -> int:
     """Updates from `sender` that the peer at `address` has applied."""
     return {n.id: n.updates_applied for n in peer_status(address).neighbors}.get(sender, 0)

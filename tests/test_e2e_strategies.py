@@ -3,16 +3,11 @@ bootstrap over loopback gRPC reach 90% test accuracy on digits-mlp."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import run_local
 
 pytestmark = pytest.mark.slow
 
@@ -22,39 +17,22 @@ STRATEGIES = ["average", "easgd", "aeasgd", "downpour", "adag", "dynsgd", "gossi
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_strategy_trains_a_local_cluster(strategy, tmp_path):
     summary_path = tmp_path / "summary.json"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "peer.cli",
-            "local",
-            "--peers",
-            "3",
-            "--strategy",
-            strategy,
-            "--target-accuracy",
-            "0.9",
-            "--max-seconds",
-            "60",
-            "--summary-json",
-            str(summary_path),
-            "--log-dir",
-            str(tmp_path / "logs"),
-            "--quiet",
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    _, output = run_local(
+        "--peers",
+        "3",
+        "--strategy",
+        strategy,
+        "--target-accuracy",
+        "0.9",
+        "--max-seconds",
+        "60",
+        "--summary-json",
+        str(summary_path),
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--quiet",
+        timeout=120,
     )
-    try:
-        output, _ = process.communicate(timeout=120)
-    finally:
-        if process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
-            process.wait(10)
     summary = json.loads(summary_path.read_text())
     assert summary["reached_target"] is True, output[-3000:]
     assert summary["strategy"] == strategy

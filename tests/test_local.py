@@ -1,53 +1,36 @@
 """The one-command cluster, as `make demo` runs it (smaller limits)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import run_local
 
 pytestmark = pytest.mark.slow
 
 
 def test_local_cluster_reaches_target_and_writes_summary_and_plot(tmp_path):
     summary_path, plot_path = tmp_path / "summary.json", tmp_path / "accuracy.png"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "peer.cli",
-            "local",
-            "--peers",
-            "4",
-            "--workload",
-            "digits-mlp",
-            "--strategy",
-            "dasgd",
-            "--target-accuracy",
-            "0.95",
-            "--max-seconds",
-            "90",
-            "--step-delay-ms",
-            "10",
-            "--summary-json",
-            str(summary_path),
-            "--plot",
-            str(plot_path),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
+    returncode, output = run_local(
+        "--peers",
+        "4",
+        "--workload",
+        "digits-mlp",
+        "--strategy",
+        "dasgd",
+        "--target-accuracy",
+        "0.95",
+        "--max-seconds",
+        "90",
+        "--step-delay-ms",
+        "10",
+        "--summary-json",
+        str(summary_path),
+        "--plot",
+        str(plot_path),
+        timeout=150,
     )
-    try:
-        output, _ = process.communicate(timeout=150)
-    finally:
-        if process.poll() is None:
-            process.kill()
-    assert process.returncode == 0, output[-3000:]
+    assert returncode == 0, output[-3000:]
     summary = json.loads(summary_path.read_text())
     assert summary["reached_target"] is True
     assert summary["peers"] == 4 and summary["strategy"] == "dasgd"
