@@ -24,7 +24,9 @@ apply everything P sends, and send their own gradients (same k) that P
 receives, decodes and applies. P may use both cores (default), as a peer
 would on its own machine: its trainer runs torch on one thread, and its
 sender threads and gRPC can run beside it; --peer-cores 0 confines P to one
-core, so every cycle of communication comes out of training. The ratio thus
+core, so every cycle of communication comes out of training;
+--training-cpus 0 gives P's training thread core 0 to itself and puts P's
+other threads on core 1 (the daemon's --training-cpus). The ratio thus
 measures the cost of P's own communication — encoding and pushing its
 updates to 3 neighbors, taking in theirs — not of computing more updates.
 """
@@ -202,8 +204,9 @@ def measure(
     """alone, (with neighbors, alone) x cycles; ratio per cycle against the
     mean of the alone windows either side."""
     run_id = f"overlap-{uuid.uuid4().hex[:8]}"
+    pinning = ["--training-cpus", args.training_cpus] if args.training_cpus else []
     measured = Process(
-        peer_argv(bootstrap, run_id, workload, k, "0/4"), args.peer_cores, logs / "p.log"
+        peer_argv(bootstrap, run_id, workload, k, "0/4") + pinning, args.peer_cores, logs / "p.log"
     )
     neighbors: list[Process] = []
     alone: list[dict[str, float]] = []
@@ -311,6 +314,12 @@ def main() -> None:
     )
     parser.add_argument("--peer-cores", default="", help="taskset cores for P (default: any)")
     parser.add_argument("--neighbor-cores", default="1", help="taskset cores for the others")
+    parser.add_argument(
+        "--training-cpus",
+        default="",
+        help="P's --training-cpus: its training thread alone on these, its other threads on "
+        "the rest (default: not pinned)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     args.peer_cores = args.peer_cores or None
@@ -340,6 +349,7 @@ def main() -> None:
         "load_avg_1m_after": round(os.getloadavg()[0], 2),
         "peer_cores": args.peer_cores or "any",
         "neighbor_cores": args.neighbor_cores or "any",
+        "training_cpus": args.training_cpus or "not pinned",
         "window_s": args.window_s,
         "results": results,
     }

@@ -356,6 +356,34 @@ def socket_round(address: str, payload: Payload, pushes: int) -> float:
 # --- main ---------------------------------------------------------------------------
 
 
+SHAPED_ENV = "DASGD_BENCH_SHAPED_GBPS"
+
+
+def run_on_shaped_link(gbps: float) -> int:
+    """Re-runs this command in a new network namespace whose loopback is
+    shaped to `gbps` (the receivers, children of the bench, inherit it).
+
+    The loopback of one machine moves bytes as fast as two processes can
+    copy them; between machines the wire is usually slower than that, and
+    a codec that halves the bytes pays off in full only there.
+    """
+    rate_bytes = gbps * 1e9 / 8
+    burst = max(256 * 1024, int(rate_bytes / 100))  # 10 ms of traffic
+    shape = (
+        "ip link set lo up && "
+        f"tc qdisc add dev lo root tbf rate {gbps}gbit burst {burst} latency 100ms && "
+        'exec "$@"'
+    )
+    unshare = ["unshare", "-n"] if os.geteuid() == 0 else ["unshare", "-rn"]
+    command = [*unshare, "sh", "-c", shape, "sh", sys.executable, *sys.argv]
+    env = dict(os.environ, **{SHAPED_ENV: str(gbps)})
+    try:
+        return subprocess.call(command, env=env)
+    except FileNotFoundError as error:
+        print(f"--link-gbps needs unshare, ip and tc: {error}", file=sys.stderr)
+        return 2
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size-mb", type=float, default=100.0, help="parameter set size, MB")
@@ -390,9 +418,17 @@ def main() -> None:
         default=[],
         help="leave out a variant: socket, protobuf, fp16, bf16 or fanout",
     )
+    parser.add_argument(
+        "--link-gbps",
+        type=float,
+        help="run every variant over a link of this many Gbit/s: loopback shaped with a "
+        "token bucket (tc tbf) in a private network namespace (needs root or user namespaces)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.link_gbps and os.environ.get(SHAPED_ENV) != str(args.link_gbps):
+        sys.exit(run_on_shaped_link(args.link_gbps))
     torch.set_num_threads(1)  # as the daemon runs it
     if args.serve:
         serve(args.serve, args)
@@ -490,6 +526,7 @@ def main() -> None:
         "repeats": args.repeats,
         "statistic": "best round",
         "load_avg_1m": round(load[0], 2),
+        "link_gbps": args.link_gbps,
         "push_gbps": gbps("push"),
         "grpc_bytes_gbps": gbps("grpc"),
         "socket_gbps": gbps("socket") if "socket" in times else None,
@@ -529,6 +566,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
+    if args.link_gbps:
+        print(f"loopback shaped to {args.link_gbps:g} Gbit/s (tc tbf, private network namespace)")
     print(
         f"{payload.nbytes / 1e6:.0f} MB float32 in {args.tensors} tensors, "
         f"{args.chunk_kib} KiB chunks, {args.pushes} updates per round, best of {args.repeats}; "

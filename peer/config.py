@@ -45,6 +45,9 @@ class PeerConfig:
     max_send_rate: float = _opt(
         100.0, "updates per second to all neighbors together (0: no limit besides the interval)"
     )
+    training_cpus: str = _opt(
+        "", "run the training thread on these CPUs (e.g. 0 or 0-3) and all others on the rest"
+    )
     queue_size: int = _opt(8, "per-neighbor send queue bound (then coalesce/drop)")
     inbox_size: int = _opt(256, "received updates waiting to be applied (then backpressure)")
     inbox_mb: float = _opt(1024.0, "and at most this many MB of them (one always fits)")
@@ -118,6 +121,10 @@ class PeerConfig:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+        if self.training_cpus:
+            from peer.cpus import split_cpus
+
+            split_cpus(self.training_cpus)
         return self
 
     def describe(self) -> str:

@@ -18,6 +18,7 @@ from dasgd.v1 import membership_pb2, peer_pb2, peer_pb2_grpc
 from peer import __version__, checkpoint
 from peer.codec import TensorSpec
 from peer.config import PeerConfig
+from peer.cpus import format_cpus, pin_all_threads, split_cpus
 from peer.membership import MembershipClient
 from peer.metrics import serve_metrics
 from peer.staleness import StalenessSummary
@@ -245,6 +246,11 @@ class PeerDaemon:
             self.metrics_server = serve_metrics(self.config.metrics_port, self.status, host)
             self.metrics_port = self.metrics_server.server_port
             log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
+        if self.config.training_cpus:
+            training, rest = split_cpus(self.config.training_cpus)
+            pin_all_threads(rest)  # threads started later inherit it
+            self.trainer.cpus = training
+            log.info("threads other than training's on CPU %s", format_cpus(rest))
         self.trainer.start()
         self.membership.start()
         threading.Thread(target=self._maintenance, name="maintenance", daemon=True).start()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from peer.cpus import format_cpus, pin_this_thread
 from peer.staleness import StalenessTracker, VectorClock
 from peer.strategies import Incoming, Outgoing, Strategy
 from peer.workloads import Workload
@@ -74,6 +75,7 @@ class Trainer:
         self._paused = threading.Event()
         self._thread: threading.Thread | None = None
         self._loop_owner: int | None = None
+        self.cpus: set[int] | None = None  # pin the training thread to these
 
     # --- lifecycle -------------------------------------------------------
     def start(self) -> None:
@@ -111,6 +113,11 @@ class Trainer:
     # --- the loop ----------------------------------------------------------
     def _run(self) -> None:
         self._loop_owner = threading.get_ident()
+        if self.cpus:
+            pin_this_thread(self.cpus)
+            log.info(
+                "training thread (%d) on CPU %s", threading.get_native_id(), format_cpus(self.cpus)
+            )
         try:
             while not self._stop.is_set():
                 self.drain_inbox()
