@@ -4,7 +4,8 @@ Importing torch (and the compiler machinery its optimizers pull in) costs
 ~3 s of CPU per process; N peers starting at once on a small machine pay it
 N times and start-up grows with N. This server pays it once and forks each
 peer from there. It never imports gRPC, whose threads do not survive fork;
-each child imports it fresh.
+each child imports it fresh. Peers forked from it back large tensors with
+huge pages (rpc/allocator.py) whatever their --tune-allocator says.
 
 Protocol (one JSON object per line): request `{"argv": [...], "stdout":
 PATH, "stderr": PATH}` on stdin, reply `{"pid": N}` on stdout. Each child
@@ -21,6 +22,10 @@ import sys
 
 
 def _preload() -> None:
+    # Torch settles whether large tensors get huge pages at its first
+    # allocation, which happens here, before any peer's settings are read.
+    # (rpc.allocator.TORCH_HUGE_PAGES_ENV; importing rpc would import gRPC.)
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     import torch
 
     torch.set_num_threads(1)

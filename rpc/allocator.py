@@ -15,6 +15,16 @@ The cost is memory that stays mapped after a burst: at most the trim
 threshold of free space per malloc arena, and only memory that was in use
 at the peak, so peak RSS does not grow. Only glibc has `mallopt`; elsewhere
 this does nothing.
+
+Tensors above the largest threshold glibc allows (32 MiB) are still mapped
+afresh each time: a layer's gradient is a new tensor every backward pass,
+so a 36 MiB weight cost 9,200 page faults per step — 150,000 a second, a
+third of the training thread's time on a 10 M-parameter model. Torch backs
+such tensors with transparent huge pages when THP_MEM_ALLOC_ENABLE is set
+(2 MiB per fault instead of 4 KiB), which this sets too, unless the
+environment says otherwise: digits-wide trains 1.4-1.7x faster (numpy
+already asks for huge pages for its large arrays). Torch reads the variable
+at its first allocation, so call this before creating tensors.
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import os
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +42,15 @@ M_MMAP_THRESHOLD = -3
 # (32 MiB on 64-bit): larger allocations are always mapped afresh.
 MMAP_THRESHOLD_BYTES = 32 << 20
 TRIM_THRESHOLD_BYTES = 64 << 20
+TORCH_HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
 
 
 def tune_allocator(
     mmap_threshold: int = MMAP_THRESHOLD_BYTES, trim_threshold: int = TRIM_THRESHOLD_BYTES
 ) -> bool:
-    """Applies the thresholds to this process; True if malloc accepted both."""
+    """Applies the thresholds to this process, and asks torch for huge
+    pages; True if malloc accepted both thresholds."""
+    os.environ.setdefault(TORCH_HUGE_PAGES_ENV, "1")
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name or "libc.so.6")
