@@ -59,10 +59,14 @@ STREAM_AND_COUNT_FAULTS = textwrap.dedent(
 )
 
 
-def page_faults(mode: str) -> int:
+def page_faults(script: str, mode: str) -> int:
+    """The count `script` prints, run in a fresh interpreter (without a
+    huge-page setting inherited from this one) with argument `mode`."""
+    env = {k: v for k, v in os.environ.items() if k != TORCH_HUGE_PAGES_ENV}
     result = subprocess.run(
-        [sys.executable, "-c", STREAM_AND_COUNT_FAULTS, mode],
+        [sys.executable, "-c", script, mode],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=120,
@@ -73,7 +77,8 @@ def page_faults(mode: str) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 def test_tuned_allocator_reuses_message_buffers_instead_of_faulting_pages():
-    default, tuned = page_faults("default"), page_faults("tuned")
+    default = page_faults(STREAM_AND_COUNT_FAULTS, "default")
+    tuned = page_faults(STREAM_AND_COUNT_FAULTS, "tuned")
     # 200 MiB is 51,200 pages; measured ~37,000 faults by default, ~1,800 tuned.
     assert default > 10_000, default
     assert tuned * 4 < default, (tuned, default)
@@ -103,20 +108,6 @@ ALLOCATE_AND_COUNT_FAULTS = textwrap.dedent(
 )
 
 
-def tensor_faults(mode: str) -> int:
-    env = {k: v for k, v in os.environ.items() if k != TORCH_HUGE_PAGES_ENV}
-    result = subprocess.run(
-        [sys.executable, "-c", ALLOCATE_AND_COUNT_FAULTS, mode],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    return int(result.stdout.split()[-1])
-
-
 def transparent_huge_pages() -> str:
     """The kernel's THP mode: always, madvise or never ('' if unknown)."""
     try:
@@ -128,7 +119,8 @@ def transparent_huge_pages() -> str:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="huge pages are Linux's")
 def test_tuned_allocator_backs_large_tensors_with_huge_pages():
-    default, tuned = tensor_faults("default"), tensor_faults("tuned")
+    default = page_faults(ALLOCATE_AND_COUNT_FAULTS, "default")
+    tuned = page_faults(ALLOCATE_AND_COUNT_FAULTS, "tuned")
     # 36 MiB is 9,216 pages of 4 KiB; measured ~9,200 faults by default and
     # ~530 with huge pages.
     assert default > 8_000, default
