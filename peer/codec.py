@@ -23,6 +23,7 @@ about as long as receiving the bytes in the first place.
 
 from __future__ import annotations
 
+import math
 import threading
 import warnings
 import weakref
@@ -53,6 +54,11 @@ _HALF_DTYPES = {F16: torch.float16, BF16: torch.bfloat16}
 
 class DecodeError(ValueError):
     """The payload does not match what the header and local model promise."""
+
+
+class F16Overflow(ValueError):
+    """A value does not fit float16 at the scale the frames were made with
+    (or is NaN): the update needs `f16_scale`."""
 
 
 @dataclass(frozen=True)
@@ -156,12 +162,19 @@ def iter_frames(
     scale: float = 1.0,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     prefix: Callable[[int], bytes] = _no_prefix,
+    check_f16: bool = False,
 ) -> Iterator[bytes]:
     """The payload `encode` would make, as one `bytes` per chunk of about
     `chunk_bytes` (a whole number of values), each starting with
     `prefix(len(chunk))`: the exact messages to hand to gRPC, made one at a
-    time so a single recipient needs no second copy of the update."""
+    time so a single recipient needs no second copy of the update.
+
+    With `check_f16`, each float16 chunk is checked right after conversion
+    (a min/max of the chunk while in cache, ~3 ms per 100 MB of float32,
+    against ~7 ms for `f16_scale`'s pass over the whole update) and
+    F16Overflow is raised before a chunk with Inf or NaN is yielded."""
     _check_codec(codec)
+    check_f16 = check_f16 and codec == F16
     width = BYTES_PER_VALUE[codec]
     per_chunk = max(1, chunk_bytes // width)
     flats = _flat_float32(arrays)
@@ -186,6 +199,10 @@ def iter_frames(
             if half:
                 converted[offset:end].copy_(torch.from_numpy(values))
             offset = end
+        if check_f16:
+            low, high = torch.aminmax(converted[:offset])
+            if not (math.isfinite(low) and math.isfinite(high)):
+                raise F16Overflow(f"a value beyond float16's range at scale {scale:g}")
         yield b"".join((prefix(offset * width), body[:offset]))
 
 

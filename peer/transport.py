@@ -164,6 +164,8 @@ class OutboundMessage:
         self.taken = False  # a sender has started on it: its content is final
         self._owns_arrays = False  # may be summed into in place
         self._header: peer_pb2.UpdateHeader | None = None
+        self._scale_settled = False
+        self.restarted = False  # sent partly, then again with an fp16 scale
         self._frames: tuple[int, list[bytes]] | None = None
         self._lock = threading.Lock()
 
@@ -188,7 +190,11 @@ class OutboundMessage:
             header.clock_ticks = info.clock_ticks
             header.round = info.round
             arrays = self.arrays
-            header.scale = codec.f16_scale(arrays) if self.codec_name == codec.F16 else 1.0
+            # fp16 goes out at scale 1 and each chunk is checked as it is
+            # made (`_frames_settling_scale`): a pass over the whole update
+            # to find its peak would cost more than the check, for the rare
+            # update with a value beyond 65504.
+            header.scale = 1.0
             width = codec.BYTES_PER_VALUE[self.codec_name]
             header.total_bytes = sum(a.size for a in arrays) * width
             self._header = header
@@ -211,12 +217,13 @@ class OutboundMessage:
                 # Small enough for one message: every message costs the
                 # sender's and the receiver's interpreter a fixed ~0.1 ms.
                 # (A model without parameters has no payload to inline.)
-                inline = partial(inline_header_prefix, header)
-                frames = list(self._data_frames(chunk_bytes, inline)) or [header_frame(header)]
+                inline = partial(inline_header_prefix, header)  # serializes it per call
+                frames = self._all_frames(chunk_bytes, inline) or [header_frame(header)]
             elif self.recipients > 1:
-                frames = [header_frame(header), *self._data_frames(chunk_bytes)]
+                data = self._all_frames(chunk_bytes)  # first: it may settle the scale
+                frames = [header_frame(header), *data]
             else:
-                return self._stream(header_frame(header), chunk_bytes)
+                return self._stream(chunk_bytes)
             if self.recipients > 1:
                 self._frames = (chunk_bytes, frames)
             return iter(frames)
@@ -225,11 +232,45 @@ class OutboundMessage:
         self, chunk_bytes: int, prefix: Callable[[int], bytes] = data_prefix
     ) -> Iterator[bytes]:
         scale = self._header.scale or 1.0
-        return codec.iter_frames(self.arrays, self.codec_name, scale, chunk_bytes, prefix)
+        return codec.iter_frames(
+            self.arrays, self.codec_name, scale, chunk_bytes, prefix, check_f16=not self._settled
+        )
 
-    def _stream(self, first: bytes, chunk_bytes: int) -> Iterator[bytes]:
-        yield first
-        yield from self._data_frames(chunk_bytes)
+    @property
+    def _settled(self) -> bool:
+        """The header's scale is known to suit every value (always but fp16)."""
+        return self.codec_name != codec.F16 or self._scale_settled
+
+    def settle_scale(self) -> None:
+        """Gives the header the scale that keeps every fp16 value finite."""
+        if not self._settled:
+            self._prepared_header().scale = codec.f16_scale(self.arrays)
+            self._scale_settled = True
+
+    def _all_frames(
+        self, chunk_bytes: int, prefix: Callable[[int], bytes] = data_prefix
+    ) -> list[bytes]:
+        """Every data frame, made before any is sent: an fp16 overflow found
+        on the way just means making them again with the settled scale."""
+        try:
+            return list(self._data_frames(chunk_bytes, prefix))
+        except codec.F16Overflow:
+            self.settle_scale()
+            return list(self._data_frames(chunk_bytes, prefix))
+
+    def _stream(self, chunk_bytes: int) -> Iterator[bytes]:
+        """Header and frames made as they are sent. If an fp16 chunk
+        overflows after some went out, the update starts over: the same
+        header (same sequence) with the settled scale, which tells the
+        receiver to drop what it has of it."""
+        yield header_frame(self._header)
+        try:
+            yield from self._data_frames(chunk_bytes)
+        except codec.F16Overflow:
+            self.settle_scale()
+            self.restarted = True
+            yield header_frame(self._header)
+            yield from self._data_frames(chunk_bytes)
 
     def coalescible_with(self, other: OutboundMessage) -> bool:
         return (
@@ -694,8 +735,10 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
         self._sequence_lock = threading.Lock()
         self.bytes_received = 0
 
-    def check_header(self, header: peer_pb2.UpdateHeader) -> codec.Assembler:
-        """Validates a header against the local model; returns the assembler."""
+    def check_header(self, header: peer_pb2.UpdateHeader, restart: bool = False) -> codec.Assembler:
+        """Validates a header against the local model; returns the assembler.
+        `restart`: the header starts over the update in progress on its
+        stream, so it repeats that update's sequence number."""
         node = self.node
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         if header.run_id != node.run_id:
@@ -752,7 +795,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             )
         with self._sequence_lock:
             last = self._last_sequence.get(header.sender_id, 0)
-            if header.sequence <= last:
+            if header.sequence < last or (header.sequence == last and not restart):
                 raise RejectedUpdate(
                     invalid,
                     f"sequence {header.sequence} from {header.sender_id} is not after {last}: "
@@ -788,6 +831,14 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                     which = chunk.WhichOneof("payload")
                     data = chunk.data if which == "data" else b""
                 if which == "header":
+                    restart = assembler is not None and (
+                        (chunk.header.sender_id, chunk.header.sequence)
+                        == (header.sender_id, header.sequence)
+                    )
+                    if restart:
+                        # The sender starts this update over (an fp16 value
+                        # overflowed at the first scale): drop what came.
+                        assembler = None
                     if assembler is not None:
                         raise RejectedUpdate(
                             grpc.StatusCode.INVALID_ARGUMENT,
@@ -795,7 +846,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                             f"{header.total_bytes} payload bytes: truncated update",
                         )
                     header = chunk.header
-                    assembler = self.check_header(header)
+                    assembler = self.check_header(header, restart)
                     data = header.inline_payload
                     if data:
                         self._add(assembler, data)
@@ -875,6 +926,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             arrays,
             codec_name,
         )
+        message.settle_scale()  # a pull is rare: find the fp16 scale up front
         header = message.header
         yield peer_pb2.Chunk(header=header)
         scale = header.scale or 1.0

@@ -363,6 +363,19 @@ def test_next_header_before_the_payload_is_complete(target: Target):
     target.expect_push_rejected([*first[:-1], *second], INVALID, "new header after", "truncated")
 
 
+def test_a_header_repeating_the_update_in_progress_starts_it_over(target: Target):
+    """How a sender restarts an fp16 update that overflowed: the partial
+    payload is dropped, the update is applied once; a repeat once it is
+    complete is still a duplicate."""
+    chunks = target.update()
+    applied = target.applied()
+    assert target.push([*chunks[:-1], *chunks]).accepted == 1
+    wait_until(lambda: target.applied() == applied + 1, timeout=10, interval=0.02)
+    time.sleep(0.2)
+    assert target.applied() == applied + 1
+    target.expect_push_rejected(chunks, INVALID, "duplicate or replayed")
+
+
 def test_payload_longer_than_announced(target: Target):
     chunks = target.update()
     chunks[-1] = data(chunks[-1].data + b"\0" * 4)

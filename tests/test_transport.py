@@ -473,3 +473,42 @@ def test_the_send_rate_is_shared_by_all_neighbors():
         np.testing.assert_array_equal(sum(u.arrays[0] for u in node.delivered), 40.0)
         # one update per 0.2 s per stream (10/s shared by two), plus the first
         assert len(node.delivered) <= elapsed / 0.2 + 2, (len(node.delivered), elapsed)
+
+
+def large_fp16_message(recipients: int, peak: float) -> OutboundMessage:
+    """An fp16 update whose last value is `peak` (the rest small)."""
+    template = peer_pb2.UpdateHeader(
+        run_id="run", sender_id="me", tensors=specs_to_wire(SPECS), codec=CODEC_TO_WIRE[codec.F16]
+    )
+    arrays = [np.linspace(-1, 1, s.numel, dtype=np.float32).reshape(s.shape) for s in SPECS]
+    arrays[-1][-1] = peak
+    return OutboundMessage(template, UpdateInfo(GRADIENT, 7, {}), arrays, codec.F16, recipients)
+
+
+def test_fp16_frames_are_checked_for_overflow_as_they_are_made():
+    fits = large_fp16_message(1, 65504.0).arrays
+    list(codec.iter_frames(fits, codec.F16, chunk_bytes=8, check_f16=True))
+    for peak in (70000.0, float("nan")):
+        frames = codec.iter_frames(
+            large_fp16_message(1, peak).arrays, codec.F16, chunk_bytes=8, check_f16=True
+        )
+        assert next(frames)  # chunks before the bad value go out
+        with pytest.raises(codec.F16Overflow):
+            list(frames)
+
+
+@pytest.mark.parametrize("recipients", [1, 2])
+def test_an_fp16_update_beyond_its_range_arrives_scaled(plain_server, recipients: int):
+    """Sent at scale 1 until a chunk overflows: one recipient's stream starts
+    the update over with a scale (same sequence), several recipients' frames
+    are made again before any is sent. Either way it arrives once, intact."""
+    address, node = plain_server
+    outbound = large_fp16_message(recipients, 1e6)
+    with grpc.insecure_channel(address) as channel:
+        ack = push_method(channel)(outbound.wire_frames(chunk_bytes=8), timeout=10)
+    assert ack.accepted == 1 and ack.last_sequence == 7
+    assert outbound.restarted == (recipients == 1)
+    assert outbound.header.scale == pytest.approx(1e6 / codec.F16_MAX)
+    (update,) = node.delivered
+    for got, sent in zip(update.arrays, outbound.arrays):
+        np.testing.assert_allclose(got, sent, rtol=2**-10, atol=outbound.header.scale * 2**-14)
