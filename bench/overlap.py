@@ -37,12 +37,9 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
@@ -53,54 +50,16 @@ sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 import grpc  # noqa: E402
 
 from dasgd.v1 import peer_pb2, peer_pb2_grpc  # noqa: E402
+from tests.daemons import Daemon  # noqa: E402
 
 BATCH_SIZE = 32  # both digits workloads
 
 
-class Process:
-    """A daemon in its own process group, optionally pinned to cores."""
-
-    def __init__(self, argv: list[str], cores: str | None, log: Path):
-        prefix = ["taskset", "-c", cores] if cores else []
-        self._log = open(log, "wb")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(
-            prefix + [sys.executable, "-m", *argv],
-            stdout=subprocess.PIPE,
-            stderr=self._log,
-            stdin=subprocess.DEVNULL,
-            cwd=ROOT,
-            text=True,
-            start_new_session=True,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
-        self.lines: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        for line in self.process.stdout:
-            self.lines.append(line.strip())
-
-    def address(self, timeout: float = 60.0) -> str:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            for line in self.lines:
-                if "listening on" in line:
-                    return line.split()[-1]
-            if self.process.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"no address from {self.process.args}; see {self._log.name}")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
-        self._log.close()
+def start(argv: list[str], cores: str | None, log: Path) -> Daemon:
+    """`python -m ARGV` as a daemon in its own process group, optionally
+    pinned to `cores`."""
+    prefix = ["taskset", "-c", cores] if cores else []
+    return Daemon([*prefix, sys.executable, "-m", *argv], log)
 
 
 def status(address: str) -> peer_pb2.StatusResponse:
@@ -205,10 +164,10 @@ def measure(
     mean of the alone windows either side."""
     run_id = f"overlap-{uuid.uuid4().hex[:8]}"
     pinning = ["--training-cpus", args.training_cpus] if args.training_cpus else []
-    measured = Process(
+    measured = start(
         peer_argv(bootstrap, run_id, workload, k, "0/4") + pinning, args.peer_cores, logs / "p.log"
     )
-    neighbors: list[Process] = []
+    neighbors: list[Daemon] = []
     alone: list[dict[str, float]] = []
     together: list[dict[str, float]] = []
     try:
@@ -221,7 +180,7 @@ def measure(
         delay_ms = args.neighbor_delay_ms or max(200.0, 20 * step_ms)
         for _ in range(args.cycles):
             neighbors = [
-                Process(
+                start(
                     peer_argv(bootstrap, run_id, workload, k, f"{i}/4")
                     + ["--step-delay-ms", f"{delay_ms:.0f}"],
                     args.neighbor_cores,
@@ -329,7 +288,7 @@ def main() -> None:
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="overlap-") as tmp:
         logs = Path(tmp)
-        boot = Process(
+        boot = start(
             ["bootstrap.cli", "run", "--listen", "127.0.0.1:0", "--ttl", "3"],
             args.neighbor_cores,
             logs / "bootstrap.log",

@@ -191,7 +191,7 @@ class OutboundMessage:
             header.round = info.round
             arrays = self.arrays
             # fp16 goes out at scale 1 and each chunk is checked as it is
-            # made (`_frames_settling_scale`): a pass over the whole update
+            # made (`_all_frames`, `_stream`): a pass over the whole update
             # to find its peak would cost more than the check, for the rare
             # update with a value beyond 65504.
             header.scale = 1.0
