@@ -531,6 +531,7 @@ class PeerDaemon:
             bytes_received=self.servicer.bytes_received,
             vector_clock=trainer.clock.snapshot(),
             samples_per_s=trainer.samples_per_s(),
+            samples=stats.samples,
             uptime_s=time.time() - self.started_at,
             membership_version=self.membership.version if self.membership else 0,
             version=__version__,

@@ -108,6 +108,14 @@ class PeerTrack:
     reached_at: float | None = None
     first_step_at: float | None = None
     last: peer_pb2.StatusResponse | None = None
+    # (time, samples) when every peer was stepping, and at the last poll.
+    window: list[tuple[float, int]] = field(default_factory=list)
+
+    def samples_per_s(self) -> float:
+        if len(self.window) < 2 or self.window[-1][0] <= self.window[0][0]:
+            return 0.0
+        (t0, s0), (t1, s1) = self.window[0], self.window[-1]
+        return (s1 - s0) / (t1 - t0)
 
 
 def _passthrough_flags(args: argparse.Namespace) -> list[str]:
@@ -217,6 +225,9 @@ def _summary(tracks: list[PeerTrack], args: argparse.Namespace, launch: float, e
                 for s in statuses
             ],
         },
+        # Aggregate throughput from the moment every peer was stepping.
+        "samples_per_s": round(sum(t.samples_per_s() for t in tracks), 1),
+        "samples_per_s_per_peer": [round(t.samples_per_s(), 1) for t in tracks],
         "bytes_sent": sum(s.bytes_sent for s in statuses),
         "updates_applied": sum(s.updates_applied for s in statuses),
         "wall_s": round(end - launch, 3),
@@ -247,7 +258,7 @@ def _print_table(tracks: list[PeerTrack], summary: dict, launch: float) -> None:
         + (f"in {summary['time_to_target_s']:.1f}s " if summary["reached_target"] else "")
         + f"(setup {summary['setup_s']}s, wall {summary['wall_s']:.1f}s); staleness avg "
         f"{summary['staleness']['avg']}, max {summary['staleness']['max']}, "
-        f"p95 {summary['staleness']['p95']}"
+        f"p95 {summary['staleness']['p95']}; {summary['samples_per_s']:.0f} samples/s in all"
     )
 
 
@@ -381,7 +392,9 @@ def run_local(args: argparse.Namespace) -> int:
         end = launch + args.max_seconds
         last_print = 0.0
         exited: set[str] = set()
+        all_stepping = False
         while time.time() < end and not interrupted.is_set():
+            all_stepping = all_stepping or all(t.first_step_at for t in tracks)
             for track, stub in zip(tracks, stubs):
                 since = track.history[-1][0] + launch if track.history else launch - 3600
                 try:
@@ -391,6 +404,9 @@ def run_local(args: argparse.Namespace) -> int:
                 except grpc.RpcError:
                     continue
                 track.last = status
+                if all_stepping:
+                    del track.window[1:]
+                    track.window.append((time.time(), status.samples))
                 track.child.member_id = status.id
                 if status.first_step_at and track.first_step_at is None:
                     track.first_step_at = status.first_step_at

@@ -37,6 +37,7 @@ class StatusCollector(Collector):
         yield gauge("dasgd_loss", "Training loss of the last local batch", s.loss)
         yield gauge("dasgd_accuracy", "Test accuracy at the last evaluation", s.accuracy)
         yield gauge("dasgd_samples_per_second", "Local training throughput", s.samples_per_s)
+        yield counter("dasgd_samples", "Training examples in local steps", s.samples)
         yield counter("dasgd_updates_applied", "Received updates applied", s.updates_applied)
         yield counter("dasgd_updates_rejected", "Received updates rejected", s.updates_rejected)
         yield counter("dasgd_sent_bytes", "Payload bytes sent to neighbors", s.bytes_sent)

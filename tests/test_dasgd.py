@@ -106,3 +106,26 @@ def test_emulated_slow_step_applies_arrivals_first_and_sends_the_compute_time_cl
     assert message.arrays[0].tolist() == [[-2.0, -4.0]]  # computed before B's update
     assert clock == {"A": 1}  # so receivers count B's update as staleness
     assert a.clock.snapshot() == {"A": 1, "B": 1}
+
+
+def test_a_sent_gradient_is_not_changed_by_later_steps_or_applied_updates():
+    """The strategy sends the step's own gradient tensors (no copy): later
+    backward passes, received updates and the next window's sums must not
+    write into a message already handed to the transport."""
+    for k in (1, 2):
+        a, sent = tiny_peer("A", [1.0, 2.0], 0.0, broadcast_every=k)
+        for _ in range(k):
+            a.local_step()
+        ((first, _),) = sent
+        snapshot = [x.copy() for x in first.arrays]
+        assert a.apply(Incoming("GRADIENT", "B", [torch.ones(1, 2).numpy()], {"B": 1}))
+        for _ in range(2 * k):
+            a.local_step()
+        assert len(sent) == 3
+        assert [x.tolist() for x in first.arrays] == [x.tolist() for x in snapshot]
+        # The later messages are gradients of their own steps, not aliases.
+        assert not any(
+            x.__array_interface__["data"][0] == y.__array_interface__["data"][0]
+            for (m, _), (n, _) in zip(sent, sent[1:])
+            for x, y in zip(m.arrays, n.arrays)
+        )

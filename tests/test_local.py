@@ -40,5 +40,10 @@ def test_local_cluster_reaches_target_and_writes_summary_and_plot(tmp_path):
     assert 0 < summary["setup_s"] < summary["time_to_target_s"] <= summary["wall_s"]
     assert summary["updates_applied"] > 0 and summary["bytes_sent"] > 0
     assert summary["staleness"]["max"] >= summary["staleness"]["avg"] >= 0
+    # Throughput from when all were stepping: a 10 ms step of 32 examples
+    # caps each peer at 3,200 samples/s.
+    rates = summary["samples_per_s_per_peer"]
+    assert len(rates) == 4 and all(0 < r < 3200 for r in rates), rates
+    assert summary["samples_per_s"] == pytest.approx(sum(rates), abs=0.5)
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "reached 95.00%" in output
