@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 MAX_UPDATE_BYTES = 4 << 30
 MAX_LEARNED_MEMBERS = 1024
+# How long a dropped member's updates are still taken when the lease is unknown.
+DEPARTED_GRACE_S = 10.0
 
 
 def _staleness_pb(summary: StalenessSummary) -> peer_pb2.StalenessStats:
@@ -66,6 +68,9 @@ class PeerDaemon:
         self._leave_requested = threading.Event()
         self._members: dict[str, membership_pb2.Member] = {}
         self._members_lock = threading.Lock()
+        # Members the bootstrap dropped, and until when their updates are
+        # still taken (see is_member).
+        self._departed: dict[str, float] = {}
         self._last_refresh = 0.0
         self.rejected: dict[str, int] = {}
         self.server: ServerHandle | None = None
@@ -341,8 +346,20 @@ class PeerDaemon:
 
     def _on_members(self, members: Sequence[membership_pb2.Member]) -> None:
         """Authoritative list from the bootstrap."""
+        now = time.monotonic()
+        grace = self.membership.ttl_s if self.membership is not None else DEPARTED_GRACE_S
         with self._members_lock:
-            self._members = {m.id: m for m in members if m.run_id in ("", self.run_id)}
+            current = {m.id: m for m in members if m.run_id in ("", self.run_id)}
+            for gone in self._members.keys() - current.keys():
+                self._departed[gone] = now + grace
+            self._departed = {
+                member: until
+                for member, until in self._departed.items()
+                if until > now and member not in current
+            }
+            while len(self._departed) > MAX_LEARNED_MEMBERS:
+                self._departed.pop(min(self._departed, key=self._departed.__getitem__))
+            self._members = current
         self._update_neighbors()
 
     def learn_members(self, members: Sequence[membership_pb2.Member]) -> None:
@@ -381,8 +398,16 @@ class PeerDaemon:
         self.context.members = sorted(members)
 
     def is_member(self, member_id: str) -> bool:
+        """Whether to take updates from `member_id`: a member, or one the
+        bootstrap dropped less than a lease ago. A peer too busy to heartbeat
+        in time (a loaded host) is dropped and joins again moments later;
+        its gradients meanwhile are real work, and DASGD never recovers a
+        gradient a peer refused (there is no averaging to undo the gap).
+        It is no longer sent to."""
         with self._members_lock:
             if member_id in self._members:
+                return True
+            if self._departed.get(member_id, 0.0) > time.monotonic():
                 return True
         # A member that joined a moment ago may push before its watch event
         # reaches us: ask the bootstrap once (rate-limited) before refusing.

@@ -16,6 +16,13 @@ threshold of free space per malloc arena, and only memory that was in use
 at the peak, so peak RSS does not grow. Only glibc has `mallopt`; elsewhere
 this does nothing.
 
+Arenas: glibc gives threads that meet on a lock arenas of their own, up
+to 8 per core, and each keeps up to the trim threshold of free memory. A
+peer has dozens of threads (gRPC's, one sender per neighbor, membership),
+so that retention multiplied: four digits-wide peers held 1.5-2.7 GB each.
+Two arenas (M_ARENA_MAX, unless MALLOC_ARENA_MAX is set) cut that to
+1.1-1.4 GB with no loss of Push throughput (bench/RESULTS.md, Memory soak).
+
 Tensors above the largest threshold glibc allows (32 MiB) are still mapped
 afresh each time: a layer's gradient is a new tensor every backward pass,
 so a 36 MiB weight cost 9,200 page faults per step — 150,000 a second, a
@@ -38,6 +45,8 @@ log = logging.getLogger(__name__)
 
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_ARENA_MAX = -8
+ARENA_MAX = 2
 # glibc refuses an mmap threshold above half its per-thread heap size
 # (32 MiB on 64-bit): larger allocations are always mapped afresh.
 MMAP_THRESHOLD_BYTES = 32 << 20
@@ -48,8 +57,9 @@ TORCH_HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
 def tune_allocator(
     mmap_threshold: int = MMAP_THRESHOLD_BYTES, trim_threshold: int = TRIM_THRESHOLD_BYTES
 ) -> bool:
-    """Applies the thresholds to this process, and asks torch for huge
-    pages; True if malloc accepted both thresholds."""
+    """Applies the thresholds and the arena limit to this process, and asks
+    torch for huge pages; True if malloc accepted them all. Call it before
+    threads start: arenas made earlier stay."""
     os.environ.setdefault(TORCH_HUGE_PAGES_ENV, "1")
     name = ctypes.util.find_library("c")
     try:
@@ -63,6 +73,8 @@ def tune_allocator(
     ok = bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) & bool(
         mallopt(M_TRIM_THRESHOLD, trim_threshold)
     )
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        ok &= bool(mallopt(M_ARENA_MAX, ARENA_MAX))
     if not ok:
-        log.warning("mallopt refused the allocator thresholds; message buffers may fault pages")
+        log.warning("mallopt refused the allocator settings; buffers may fault pages")
     return ok

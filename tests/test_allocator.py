@@ -128,3 +128,51 @@ def test_tuned_allocator_backs_large_tensors_with_huge_pages():
         assert tuned * 4 < default, (tuned, default)
     else:  # the kernel has none to give: no gain, and no harm
         assert tuned <= default * 1.1, (tuned, default)
+
+
+COUNT_ARENAS = textwrap.dedent(
+    """
+    import ctypes, sys, threading
+    from rpc.allocator import tune_allocator
+
+    if sys.argv[1] == "tuned":
+        assert tune_allocator()
+    barrier = threading.Barrier(8)
+    held = []
+
+    def churn():
+        barrier.wait()  # all at once, so threads meet on malloc's locks
+        for _ in range(2000):
+            held.append(bytearray(64 << 10))
+            del held[:-50]
+
+    threads = [threading.Thread(target=churn) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ctypes.CDLL("libc.so.6").malloc_stats()  # one "Arena N:" block per arena, on stderr
+    """
+)
+
+
+def arenas(mode: str) -> int:
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    result = subprocess.run(
+        [sys.executable, "-c", COUNT_ARENAS, mode],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return sum(1 for line in result.stderr.splitlines() if line.startswith("Arena "))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="glibc arenas: Linux only")
+def test_tuned_allocator_keeps_threads_to_two_arenas():
+    # Each arena keeps up to the trim threshold of free memory; with a
+    # peer's dozens of threads that retention multiplied (bench/RESULTS.md).
+    assert arenas("default") > 2
+    assert arenas("tuned") <= 2
