@@ -50,7 +50,9 @@ class PeerConfig:
     )
     queue_size: int = _opt(8, "per-neighbor send queue bound (then coalesce/drop)")
     inbox_size: int = _opt(256, "received updates waiting to be applied (then backpressure)")
-    inbox_mb: float = _opt(1024.0, "and at most this many MB of them (one always fits)")
+    inbox_mb: float = _opt(
+        0.0, "and at most this many MB of them (0: four updates of the model, at least 64 MB)"
+    )
     step_delay_ms: float = _opt(0.0, "sleep this long after each step (emulate a slower device)")
     slowdown: float = _opt(1.0, "multiply --step-delay-ms by this factor")
     eval_every: int = _opt(10, "evaluate on the test split every N local steps")

@@ -16,7 +16,7 @@ import torch
 
 from dasgd.v1 import membership_pb2, peer_pb2, peer_pb2_grpc
 from peer import __version__, checkpoint
-from peer.codec import TensorSpec
+from peer.codec import TensorSpec, payload_bytes
 from peer.config import PeerConfig
 from peer.cpus import format_cpus, pin_all_threads, split_cpus
 from peer.membership import MembershipClient
@@ -42,6 +42,19 @@ log = logging.getLogger(__name__)
 
 MAX_UPDATE_BYTES = 4 << 30
 MAX_LEARNED_MEMBERS = 1024
+# The inbox's default bound: a few updates. More only adds staleness and
+# memory; a full inbox makes senders wait and sum their gradients instead.
+INBOX_UPDATES = 4
+INBOX_MIN_BYTES = 64 << 20
+
+
+def inbox_bytes(inbox_mb: float, specs: list[TensorSpec]) -> int:
+    """--inbox-mb in bytes; 0: INBOX_UPDATES float32 updates of the model."""
+    if inbox_mb:
+        return int(inbox_mb * 1e6)
+    return max(INBOX_MIN_BYTES, INBOX_UPDATES * payload_bytes(specs, "raw"))
+
+
 # How long a dropped member's updates are still taken when the lease is unknown.
 DEPARTED_GRACE_S = 10.0
 
@@ -99,7 +112,7 @@ class PeerDaemon:
             strategy=self.strategy,
             send=self._send,
             inbox_size=config.inbox_size,
-            inbox_bytes=int(config.inbox_mb * 1e6),
+            inbox_bytes=inbox_bytes(config.inbox_mb, self.specs),
             eval_every=config.eval_every,
             eval_every_s=config.eval_every_s,
             step_delay_s=config.step_delay_ms * config.slowdown / 1000.0,

@@ -62,3 +62,14 @@ def test_requests_carry_no_payload_and_the_count_bound_still_holds():
     assert inbox.bytes == 100
     with pytest.raises(queue.Full):
         inbox.put(object(), timeout=0.1)
+
+
+def test_inbox_bound_defaults_to_four_updates_of_the_model():
+    from peer.codec import TensorSpec
+    from peer.daemon import INBOX_MIN_BYTES, inbox_bytes
+
+    wide = [TensorSpec("w", (3072, 3072)), TensorSpec("b", (3072,))]
+    update = (3072 * 3072 + 3072) * 4
+    assert inbox_bytes(0, wide) == 4 * update  # ~151 MB, not 1 GB of stale gradients
+    assert inbox_bytes(0, [TensorSpec("w", (10, 10))]) == INBOX_MIN_BYTES
+    assert inbox_bytes(500, wide) == 500_000_000  # --inbox-mb given
