@@ -37,7 +37,9 @@ class PeerConfig:
     compression: str = _opt("raw", "tensor codec on the wire: raw, fp16, bf16")
     chunk_kib: int = _opt(1024, "data chunk size on the wire, KiB")
     tune_allocator: bool = _opt(
-        True, "keep freed message buffers mapped for reuse (glibc; fewer page faults)"
+        True,
+        "glibc malloc thresholds (freed message buffers reused), two arenas, huge pages "
+        "for torch's large tensors",
     )
     min_send_interval_ms: float = _opt(
         10.0, "least time between two updates to one neighbor; what comes meanwhile is summed"
