@@ -122,10 +122,12 @@ def main() -> int:
     rows = []
     for pid, series in sorted(samples.items()):
         after_warmup = [rss for t, rss in series if t >= 60] or [series[-1][1]]
+        halfway = [rss for t, rss in series if t >= seconds / 2] or [series[-1][1]]
         rows.append(
             {
                 "pid": pid,
                 "first_minute_mb": round(after_warmup[0], 1),
+                "halfway_mb": round(halfway[0], 1),
                 "end_mb": round(series[-1][1], 1),
                 "max_mb": round(max(rss for _, rss in series), 1),
                 "growth_mb": round(series[-1][1] - after_warmup[0], 1),
@@ -149,10 +151,10 @@ def main() -> int:
         f"{result['updates_applied']} updates applied, "
         f"{(result['bytes_sent'] or 0) / 1e9:.1f} GB sent"
     )
-    print(f"{'pid':>8}{'RSS at 1 min':>14}{'at end':>9}{'max':>9}{'growth':>9}")
+    print(f"{'pid':>8}{'RSS at 1 min':>14}{'halfway':>9}{'at end':>9}{'max':>9}{'growth':>9}")
     for r in rows:
         print(
-            f"{r['pid']:>8}{r['first_minute_mb']:>14.1f}{r['end_mb']:>9.1f}"
+            f"{r['pid']:>8}{r['first_minute_mb']:>14.1f}{r['halfway_mb']:>9.1f}{r['end_mb']:>9.1f}"
             f"{r['max_mb']:>9.1f}{r['growth_mb']:>+9.1f}"
         )
     return 0
