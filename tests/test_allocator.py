@@ -59,10 +59,12 @@ STREAM_AND_COUNT_FAULTS = textwrap.dedent(
 )
 
 
-def page_faults(script: str, mode: str) -> int:
-    """The count `script` prints, run in a fresh interpreter (without a
-    huge-page setting inherited from this one) with argument `mode`."""
-    env = {k: v for k, v in os.environ.items() if k != TORCH_HUGE_PAGES_ENV}
+def run_fresh(script: str, mode: str) -> subprocess.CompletedProcess:
+    """`script` with argument `mode` in a fresh interpreter (malloc's state is
+    per process), without allocator settings inherited from this one."""
+    env = {
+        k: v for k, v in os.environ.items() if k not in (TORCH_HUGE_PAGES_ENV, "MALLOC_ARENA_MAX")
+    }
     result = subprocess.run(
         [sys.executable, "-c", script, mode],
         cwd=ROOT,
@@ -72,7 +74,12 @@ def page_faults(script: str, mode: str) -> int:
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    return int(result.stdout.split()[-1])
+    return result
+
+
+def page_faults(script: str, mode: str) -> int:
+    """The count `script` prints."""
+    return int(run_fresh(script, mode).stdout.split()[-1])
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
@@ -157,16 +164,7 @@ COUNT_ARENAS = textwrap.dedent(
 
 
 def arenas(mode: str) -> int:
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-    result = subprocess.run(
-        [sys.executable, "-c", COUNT_ARENAS, mode],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
+    result = run_fresh(COUNT_ARENAS, mode)
     return sum(1 for line in result.stderr.splitlines() if line.startswith("Arena "))
 
 
