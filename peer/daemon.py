@@ -118,6 +118,13 @@ class PeerDaemon:
             step_delay_s=config.step_delay_ms * config.slowdown / 1000.0,
             max_steps=config.max_steps,
         )
+        log.info(
+            "model: %d tensors, %.1f MB; inbox: at most %d updates, %.0f MB",
+            len(self.specs),
+            payload_bytes(self.specs, "raw") / 1e6,
+            config.inbox_size,
+            self.trainer.inbox.max_bytes / 1e6,
+        )
         self.outbox: Outbox | None = None
         self.servicer = PeerServicer(self, chunk_bytes=config.chunk_kib * 1024)
         self.warm_started_from = ""
