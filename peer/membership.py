@@ -20,6 +20,8 @@ from dasgd.v1 import membership_pb2, membership_pb2_grpc
 log = logging.getLogger(__name__)
 
 OnChange = Callable[[Sequence[membership_pb2.Member]], None]
+# A failed heartbeat is tried again after this, then twice as long each time.
+RETRY_FIRST_S = 0.2
 
 
 class MembershipClient:
@@ -99,15 +101,27 @@ class MembershipClient:
             self._threads.append(thread)
 
     def _heartbeat_loop(self) -> None:
-        while not self._stop.wait(max(0.2, self.ttl_s / 3)):
+        """A heartbeat every third of the lease, each allowed the rest of
+        the lease to get through; one that fails is tried again soon (0.2 s,
+        backing off). A third of the lease as deadline, then another third
+        of waiting, left a single retry before the lease ran out: a loaded
+        host's bootstrap dropped peers that were alive."""
+        renewed = time.monotonic()  # the last heartbeat (or join) that got through
+        wait, retry = self.ttl_s / 3, RETRY_FIRST_S
+        while not self._stop.wait(wait):
+            wait = self.ttl_s / 3
             if not self.joined.is_set():
                 self.join_with_retry()
+                renewed = time.monotonic()
                 continue
+            left = renewed + self.ttl_s - time.monotonic()
             try:
                 response = self._stub.Heartbeat(
                     membership_pb2.HeartbeatRequest(run_id=self.run_id, member_id=self.member_id),
-                    timeout=max(1.0, self.ttl_s / 3),
+                    timeout=max(1.0, self.ttl_s / 3, left),
                 )
+                renewed = time.monotonic()
+                retry = RETRY_FIRST_S
                 self.ttl_s = response.ttl_s or self.ttl_s
                 if not self.connected:
                     log.info("bootstrap reachable again")
@@ -119,12 +133,16 @@ class MembershipClient:
                     # Expired, or a bootstrap restarted without state: join again.
                     log.info("bootstrap forgot us (%s); joining again", error.details())
                     self.join_with_retry()
+                    renewed = time.monotonic()
                 else:
                     if self.connected:
                         log.warning(
                             "heartbeat failed: %s; keeping known neighbors", error.code().name
                         )
                     self.connected = False
+                    # Soon, backing off to the usual pace (a bootstrap that is
+                    # down fails every call at once).
+                    wait, retry = retry, min(retry * 2, self.ttl_s / 3)
 
     def _watch_loop(self) -> None:
         backoff = 0.2
