@@ -108,14 +108,16 @@ class PeerTrack:
     reached_at: float | None = None
     first_step_at: float | None = None
     last: peer_pb2.StatusResponse | None = None
-    # (time, samples) when every peer was stepping, and at the last poll.
-    window: list[tuple[float, int]] = field(default_factory=list)
+    # (time, samples) at the first poll once every peer was stepping, and
+    # at the last poll.
+    window_start: tuple[float, int] | None = None
+    window_end: tuple[float, int] | None = None
 
     def samples_per_s(self) -> float:
-        if len(self.window) < 2 or self.window[-1][0] <= self.window[0][0]:
+        if self.window_start is None or self.window_end is None:
             return 0.0
-        (t0, s0), (t1, s1) = self.window[0], self.window[-1]
-        return (s1 - s0) / (t1 - t0)
+        (t0, s0), (t1, s1) = self.window_start, self.window_end
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
 
 
 def _passthrough_flags(args: argparse.Namespace) -> list[str]:
@@ -405,8 +407,8 @@ def run_local(args: argparse.Namespace) -> int:
                     continue
                 track.last = status
                 if all_stepping:
-                    del track.window[1:]
-                    track.window.append((time.time(), status.samples))
+                    track.window_end = (time.time(), status.samples)
+                    track.window_start = track.window_start or track.window_end
                 track.child.member_id = status.id
                 if status.first_step_at and track.first_step_at is None:
                     track.first_step_at = status.first_step_at

@@ -52,6 +52,7 @@ ARENA_MAX = 2
 MMAP_THRESHOLD_BYTES = 32 << 20
 TRIM_THRESHOLD_BYTES = 64 << 20
 TORCH_HUGE_PAGES_ENV = "THP_MEM_ALLOC_ENABLE"
+ARENA_MAX_ENV = "MALLOC_ARENA_MAX"  # glibc's own setting, which wins
 
 
 def tune_allocator(
@@ -73,7 +74,7 @@ def tune_allocator(
     ok = bool(mallopt(M_MMAP_THRESHOLD, mmap_threshold)) & bool(
         mallopt(M_TRIM_THRESHOLD, trim_threshold)
     )
-    if "MALLOC_ARENA_MAX" not in os.environ:
+    if ARENA_MAX_ENV not in os.environ:
         ok &= bool(mallopt(M_ARENA_MAX, ARENA_MAX))
     if not ok:
         log.warning("mallopt refused the allocator settings; buffers may fault pages")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from rpc.allocator import TORCH_HUGE_PAGES_ENV, tune_allocator
+from rpc.allocator import ARENA_MAX_ENV, TORCH_HUGE_PAGES_ENV, tune_allocator
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,9 +62,7 @@ STREAM_AND_COUNT_FAULTS = textwrap.dedent(
 def run_fresh(script: str, mode: str) -> subprocess.CompletedProcess:
     """`script` with argument `mode` in a fresh interpreter (malloc's state is
     per process), without allocator settings inherited from this one."""
-    env = {
-        k: v for k, v in os.environ.items() if k not in (TORCH_HUGE_PAGES_ENV, "MALLOC_ARENA_MAX")
-    }
+    env = {k: v for k, v in os.environ.items() if k not in (TORCH_HUGE_PAGES_ENV, ARENA_MAX_ENV)}
     result = subprocess.run(
         [sys.executable, "-c", script, mode],
         cwd=ROOT,
@@ -168,7 +166,7 @@ def arenas(mode: str) -> int:
     return sum(1 for line in result.stderr.splitlines() if line.startswith("Arena "))
 
 
-@pytest.mark.skipif(not os.path.exists("/proc/self/maps"), reason="glibc arenas: Linux only")
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="mallopt is glibc's")
 def test_tuned_allocator_keeps_threads_to_two_arenas():
     # Each arena keeps up to the trim threshold of free memory; with a
     # peer's dozens of threads that retention multiplied (bench/RESULTS.md).
