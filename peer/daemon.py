@@ -19,7 +19,7 @@ from peer import __version__, checkpoint
 from peer.codec import TensorSpec, payload_bytes
 from peer.config import PeerConfig
 from peer.cpus import format_cpus, pin_all_threads, split_cpus
-from peer.membership import MembershipClient
+from peer.membership import DEFAULT_TTL_S, MembershipClient
 from peer.metrics import serve_metrics
 from peer.staleness import StalenessSummary
 from peer.strategies import (
@@ -53,10 +53,6 @@ def inbox_bytes(inbox_mb: float, specs: list[TensorSpec]) -> int:
     if inbox_mb:
         return int(inbox_mb * 1e6)
     return max(INBOX_MIN_BYTES, INBOX_UPDATES * payload_bytes(specs, "raw"))
-
-
-# How long a dropped member's updates are still taken when the lease is unknown.
-DEPARTED_GRACE_S = 10.0
 
 
 def _staleness_pb(summary: StalenessSummary) -> peer_pb2.StalenessStats:
@@ -367,7 +363,7 @@ class PeerDaemon:
     def _on_members(self, members: Sequence[membership_pb2.Member]) -> None:
         """Authoritative list from the bootstrap."""
         now = time.monotonic()
-        grace = self.membership.ttl_s if self.membership is not None else DEPARTED_GRACE_S
+        grace = self.membership.ttl_s if self.membership is not None else DEFAULT_TTL_S
         with self._members_lock:
             current = {m.id: m for m in members if m.run_id in ("", self.run_id)}
             for gone in self._members.keys() - current.keys():

@@ -20,6 +20,8 @@ from dasgd.v1 import membership_pb2, membership_pb2_grpc
 log = logging.getLogger(__name__)
 
 OnChange = Callable[[Sequence[membership_pb2.Member]], None]
+# The lease assumed until the bootstrap says (its own default).
+DEFAULT_TTL_S = 10.0
 # A failed heartbeat is tried again after this, then twice as long each time.
 RETRY_FIRST_S = 0.2
 
@@ -41,7 +43,7 @@ class MembershipClient:
         self.member_id = member_id
         self.labels = labels or {}
         self._on_change = on_change
-        self.ttl_s = 10.0
+        self.ttl_s = DEFAULT_TTL_S
         self.version = 0
         self.joined = threading.Event()
         self.connected = False
