@@ -42,42 +42,44 @@ sys.path[:0] = [str(ROOT), str(ROOT / "proto")]
 import grpc  # noqa: E402
 
 from dasgd.v1 import peer_pb2, peer_pb2_grpc  # noqa: E402
-from peer.local import Child, ForkServer, _read_address, _spawn, _terminate  # noqa: E402
+from peer.local import (  # noqa: E402
+    Child,
+    ForkServer,
+    PeerTrack,
+    _read_address,
+    _spawn,
+    _terminate,
+)
 
 
 @dataclass
 class Peer:
-    child: Child
+    track: PeerTrack
     shard: int
     started_at: float
     stub: peer_pb2_grpc.PeerStub | None = None
-    first_step_at: float = 0.0
-    initial_accuracy: float = 0.0
-    warm_started_from: str = ""
-    accuracy: float = 0.0
-    reached_at: float | None = None
-    seen_until: float = 0.0
-    best: float = 0.0
     killed_at: float | None = None
 
+    @property
+    def child(self) -> Child:
+        return self.track.child
 
-def poll(peer: Peer, target: float) -> None:
-    try:
-        status = peer.stub.Status(
-            peer_pb2.StatusRequest(evaluations_since=peer.seen_until or peer.started_at - 1),
-            timeout=2.0,
-        )
-    except grpc.RpcError:
-        return
-    peer.first_step_at = status.first_step_at
-    peer.initial_accuracy = status.initial_accuracy
-    peer.warm_started_from = status.warm_started_from
-    peer.accuracy = status.accuracy
-    for evaluation in status.evaluations:
-        peer.seen_until = max(peer.seen_until, evaluation.at)
-        peer.best = max(peer.best, evaluation.accuracy)
-        if peer.reached_at is None and evaluation.accuracy >= target:
-            peer.reached_at = evaluation.at
+    @property
+    def first_step_at(self) -> float | None:
+        return self.track.first_step_at
+
+    @property
+    def reached_at(self) -> float | None:
+        return self.track.reached_at
+
+    @property
+    def status(self) -> peer_pb2.StatusResponse:
+        """The last Status it answered (empty if none yet)."""
+        return self.track.last or peer_pb2.StatusResponse()
+
+    @property
+    def best(self) -> float:
+        return max((accuracy for _, accuracy, _ in self.track.history), default=0.0)
 
 
 def main() -> int:
@@ -138,7 +140,7 @@ def main() -> int:
             child = fork_server.spawn(f"peer{count}", argv)
             count += 1
             children.append(child)
-            return Peer(child, shard, time.time())
+            return Peer(PeerTrack(child, 1.0), shard, time.time())
 
         def connect(peer: Peer) -> None:
             peer.child.address = _read_address(peer.child, "listening on", 60)
@@ -151,7 +153,8 @@ def main() -> int:
 
         def sweep() -> None:
             # Concurrently: one loaded peer's slow answer must not delay the rest.
-            list(pool.map(lambda peer: poll(peer, args.target_accuracy), live))
+            target = args.target_accuracy
+            list(pool.map(lambda p: p.track.poll(p.stub, target, launch, False), live))
 
         while not all(p.first_step_at for p in live):
             sweep()
@@ -166,7 +169,7 @@ def main() -> int:
                 waves_done < args.waves
                 and time.time() >= all_stepping + (waves_done + 1) * args.wave_every_s
             ):
-                accuracies = sorted(p.accuracy for p in live)
+                accuracies = sorted(p.status.accuracy for p in live)
                 victims = rng.sample(live, max(1, round(args.fraction * len(live))))
                 for victim in victims:
                     with contextlib.suppress(ProcessLookupError):
@@ -197,9 +200,9 @@ def main() -> int:
                 "shard": p.shard,
                 "started_s": round(p.started_at - launch, 1),
                 "reached_s": round(p.reached_at - launch, 1) if p.reached_at else None,
-                "initial_accuracy": round(p.initial_accuracy, 3),
-                "warm_started_from": p.warm_started_from,
-                "accuracy": round(p.accuracy, 4),
+                "initial_accuracy": round(p.status.initial_accuracy, 3),
+                "warm_started_from": p.status.warm_started_from,
+                "accuracy": round(p.status.accuracy, 4),
                 "best_accuracy": round(p.best, 4),
             }
             for p in live

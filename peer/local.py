@@ -113,6 +113,31 @@ class PeerTrack:
     window_start: tuple[float, int] | None = None
     window_end: tuple[float, int] | None = None
 
+    def poll(
+        self, stub: peer_pb2_grpc.PeerStub, target: float, launch: float, in_window: bool
+    ) -> peer_pb2.StatusResponse | None:
+        """Asks the peer for its Status and takes in what is new: evaluations
+        since the last poll (history, times from `launch`), the first one to
+        reach `target`, the first step, and, `in_window`, the end of the
+        throughput window. None if it did not answer in time."""
+        since = self.history[-1][0] + launch if self.history else launch - 3600
+        try:
+            status = stub.Status(peer_pb2.StatusRequest(evaluations_since=since), timeout=2.0)
+        except grpc.RpcError:
+            return None
+        self.last = status
+        if in_window:
+            self.window_end = (time.time(), status.samples)
+            self.window_start = self.window_start or self.window_end
+        self.child.member_id = status.id
+        if status.first_step_at and self.first_step_at is None:
+            self.first_step_at = status.first_step_at
+        for evaluation in status.evaluations:
+            self.history.append((evaluation.at - launch, evaluation.accuracy, evaluation.step))
+            if self.reached_at is None and evaluation.accuracy >= target:
+                self.reached_at = evaluation.at
+        return status
+
     def samples_per_s(self) -> float:
         if self.window_start is None or self.window_end is None:
             return 0.0
@@ -398,26 +423,7 @@ def run_local(args: argparse.Namespace) -> int:
         while time.time() < end and not interrupted.is_set():
             all_stepping = all_stepping or all(t.first_step_at for t in tracks)
             for track, stub in zip(tracks, stubs):
-                since = track.history[-1][0] + launch if track.history else launch - 3600
-                try:
-                    status = stub.Status(
-                        peer_pb2.StatusRequest(evaluations_since=since), timeout=2.0
-                    )
-                except grpc.RpcError:
-                    continue
-                track.last = status
-                if all_stepping:
-                    track.window_end = (time.time(), status.samples)
-                    track.window_start = track.window_start or track.window_end
-                track.child.member_id = status.id
-                if status.first_step_at and track.first_step_at is None:
-                    track.first_step_at = status.first_step_at
-                for evaluation in status.evaluations:
-                    track.history.append(
-                        (evaluation.at - launch, evaluation.accuracy, evaluation.step)
-                    )
-                    if track.reached_at is None and evaluation.accuracy >= args.target_accuracy:
-                        track.reached_at = evaluation.at
+                track.poll(stub, args.target_accuracy, launch, all_stepping)
             if not args.quiet and time.time() - last_print >= 1.0:
                 last_print = time.time()
                 cells = []
