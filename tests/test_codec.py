@@ -6,6 +6,7 @@ import gc
 
 import numpy as np
 import pytest
+import torch
 
 from peer import codec
 from peer.codec import TensorSpec
@@ -151,3 +152,28 @@ def test_empty_chunk_after_a_split_half_value_is_harmless(name):
     expected = roundtrip(arrays(3), name)
     for a, b in zip(assembler.arrays(), expected):
         assert a.tobytes() == b.tobytes()
+
+
+@pytest.mark.parametrize("name", codec.CODECS)
+@pytest.mark.parametrize("scale", [1.0, 3.0])
+@pytest.mark.parametrize("chunk_bytes", [1, 6, 1 << 20])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_value_is_reported_with_its_tensor_in_every_codec(
+    name, scale, chunk_bytes, bad
+):
+    poisoned = arrays()
+    poisoned[1][2] = bad
+    payload = bytes(codec.encode(poisoned, name))
+    assembler = codec.Assembler(SPECS, name, len(payload), scale)
+    for chunk in codec.chunks(memoryview(payload), chunk_bytes):
+        assembler.add(chunk)
+    with pytest.raises(codec.DecodeError, match="tensor b contains NaN or Inf"):
+        assembler.arrays()
+
+
+@pytest.mark.parametrize("name", [codec.F16, codec.BF16])
+def test_the_largest_finite_half_passes_the_check(name):
+    top = 65504.0 if name == codec.F16 else float(torch.finfo(torch.bfloat16).max)
+    values = [np.array([top, -top], dtype=np.float32)]
+    specs = [TensorSpec("x", (2,))]
+    assert codec.decode(codec.encode(values, name), specs, name)[0].tolist() == [top, -top]
