@@ -403,7 +403,9 @@ class NeighborSender:
                     self._queue.remove(queued)
                     if queued.recipients > 1:
                         queued = queued.private_copy()
-                    queued.absorb(message)
+                    # Final from now on: the Outbox must not add later
+                    # gradients to `message`, which this queue will not send.
+                    queued.absorb(message.take())
                     self._queue.append(queued)
                     self.stats.queue_coalesced += 1
                     return
@@ -603,6 +605,9 @@ class Outbox:
                 if to is None
                 else [s for mid, s in self._senders.items() if mid == to]
             )
+            if not targets:  # alone: nothing to keep, or to sum into
+                self._waiting = None
+                return
             message = OutboundMessage(
                 self._template, info, arrays, self.codec_name, recipients=len(targets)
             )

@@ -116,6 +116,46 @@ def test_a_gradient_no_sender_has_taken_absorbs_the_next_ones():
         outbox.close()
 
 
+def test_a_neighbor_with_a_full_queue_gets_every_gradient_summed_in():
+    """A broadcast summed into a full queue's last entry is final for the
+    outbox: later gradients must not be added to it, or that neighbor never
+    gets them."""
+    outbox = Outbox(
+        "run", "me", "a:1", grpc.insecure_channel, SPECS, link_up=lambda member_id: False
+    )
+    outbox.set_neighbors({"fast": f"127.0.0.1:{closed_port()}"})
+    fast = outbox.senders()[0]
+    slow = NeighborSender(
+        "slow", "x", grpc.insecure_channel("127.0.0.1:1"), max_queue=1, link_up=lambda: False
+    )
+    outbox._senders["slow"] = slow  # a neighbor whose queue holds one update
+    try:
+        outbox.send(GRADIENT, values(1.0), {"me": 1})
+        fast._next_message(0)  # the fast neighbor starts sending the first
+        outbox.send(GRADIENT, values(10.0), {"me": 2})  # summed into slow's queued one
+        outbox.send(GRADIENT, values(100.0), {"me": 3})
+        outbox.send(GRADIENT, values(1000.0), {"me": 4})
+        to_fast = 1.0 + sum(m.arrays[0][0, 0] for m in fast._queue)
+        to_slow = sum(m.arrays[0][0, 0] for m in slow._queue)
+        assert to_fast == to_slow == 1111.0
+        assert sum(m.info.clock_ticks for m in slow._queue) == 4
+    finally:
+        slow.close()
+        outbox.close()
+
+
+def test_with_no_neighbors_a_gradient_is_neither_kept_nor_summed(monkeypatch):
+    sums = []
+    monkeypatch.setattr(OutboundMessage, "absorb", lambda self, newer: sums.append(newer))
+    outbox = Outbox("run", "me", "a:1", grpc.insecure_channel, SPECS)
+    try:
+        for step in range(3):
+            outbox.send(GRADIENT, values(1.0), {"me": step + 1})
+        assert sums == [] and outbox._waiting is None
+    finally:
+        outbox.close()
+
+
 def test_a_gradient_a_sender_has_taken_is_final(paused_outbox: Outbox):
     paused_outbox.send(GRADIENT, values(1.0), {"me": 1})
     (first,) = queued(paused_outbox)
