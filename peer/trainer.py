@@ -68,6 +68,7 @@ class Trainer:
         self.step_delay_s = step_delay_s
         self.max_steps = max_steps
         self.clock = clock or VectorClock(member_id)
+        strategy.context.clock = self.clock
         self.staleness = StalenessTracker()
         self.applied_by_sender: dict[str, int] = {}
         self.stats = TrainerStats()
@@ -214,6 +215,7 @@ class Trainer:
         if self.strategy.clock_per_step:
             self.clock.tick(self.member_id)
             seen[self.member_id] = self.clock.entries[self.member_id]
+        self.strategy.context.step_clock = seen
         for message in self.strategy.after_local_step(stats.step):
             # A gradient carries the clock of the model it was computed on.
             self._emit(message, seen if self.strategy.clock_per_step else None)
@@ -250,6 +252,9 @@ class Trainer:
     def _emit(self, message: Outgoing, clock: dict[str, int] | None = None) -> None:
         if not self.strategy.clock_per_step and message.to is None:
             self.clock.tick(self.member_id, message.clock_ticks)
+        if message.clock is not None:
+            own = self.clock.entries.get(self.member_id, 0)
+            clock = {**message.clock, self.member_id: own}
         self.send(message, clock if clock is not None else self.clock.snapshot())
 
     def evaluate(self) -> None:

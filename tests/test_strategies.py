@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from peer import checkpoint
 from peer.strategies import REGISTRY, Incoming, Outgoing, StrategyContext, make_strategy
 from peer.strategies.base import CENTER, CENTER_COMMIT, GOSSIP_MODEL, GOSSIP_REPLY, MODEL
 from peer.trainer import Trainer
@@ -188,10 +189,53 @@ def test_dynsgd_damps_a_commit_by_its_vector_clock_staleness():
     close(a.center(), [0.8, -1.05])
     close(a.weights(), [0.8, -1.05])
     deliver_all(peers)
-    # A's second commit had seen everything B had applied: staleness 0, full weight.
-    close(b.center(), [0.85, -1.1])
+    # A's second commit started from its pull after its first commit, which
+    # B's commit reached later: staleness 1 again, half weight.
+    close(b.center(), [0.9, -1.1])
     assert b.trainer.staleness.by_sender["A"].summary().max == 1
     assert b.trainer.staleness.by_sender["A"].summary().count == 2
+
+
+@pytest.mark.parametrize("strategy", ["dynsgd", "downpour", "adag"])
+def test_a_commit_is_as_stale_as_the_pull_it_started_from(strategy):
+    """Commits that reached the committer after its pull are ones its delta
+    did not see, as a parameter server counts versions between fetch and push."""
+    peers = network(strategy, {"A": [1.0, 0.0], "B": [0.0, 1.0]}, window=2)
+    a, b = peers["A"], peers["B"]
+    b.step()  # B works from the initial center
+    a.step(2)  # A commits and pulls
+    deliver_all(peers, ["A"])  # A's commit reaches B's replica, not B's model
+    b.step()  # B's delta never saw A's commit
+    deliver_all(peers, ["B"])
+    assert a.trainer.staleness.by_sender["B"].summary().max == 1
+    if strategy == "dynsgd":  # damped by 1/(1 + 1)
+        close(a.center(), [0.8, -1.1])
+
+
+def test_a_commits_pull_clock_survives_a_checkpoint(tmp_path):
+    peers = network("dynsgd", {"A": [1.0, 0.0], "B": [0.0, 1.0]}, window=1)
+    a, b = peers["A"], peers["B"]
+    b.step()
+    deliver_all(peers)
+    a.step()  # pulls after B's commit reached it
+    state = a.strategy.state_dict()
+    assert state["clock_at_last_pull"]["B"] == 1
+    path = checkpoint.save(tmp_path, {"strategy_state": state})
+    fresh = network("dynsgd", {"A": [1.0, 0.0]}, window=1)["A"].strategy
+    fresh.load_state_dict(checkpoint.load(path.parent)["strategy_state"])
+    assert fresh.commit_clock() == a.strategy.commit_clock()
+
+
+def test_a_dasgd_sum_is_as_stale_as_its_oldest_gradient():
+    peers = network("dasgd", {"A": [1.0, 0.0], "B": [0.0, 1.0]}, broadcast_every=2)
+    a, b = peers["A"], peers["B"]
+    a.step()  # A's first gradient: computed before B's arrive
+    b.step(2)
+    deliver_all(peers, ["B"])
+    a.step()  # the sum of both goes out
+    deliver_all(peers, ["A"])
+    # B had applied 2 of its own steps that A's first gradient did not see.
+    assert b.trainer.staleness.by_sender["A"].summary().max == 2
 
 
 def test_aeasgd_moves_model_and_center_by_the_elastic_difference():

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from peer.staleness import VectorClock
+
 # Update kinds, as named on the wire (dasgd.v1.UpdateKind).
 GRADIENT = "GRADIENT"
 DELTA = "DELTA"
@@ -41,6 +43,11 @@ class Outgoing:
     round: int = 0
     # None: every neighbor; otherwise the member id to send to.
     to: str | None = None
+    # The vector clock its content was computed from, when that is not the
+    # sender's clock as it sends (a sum of gradients: its oldest part's; a
+    # commit: the one at the pull it started from). The trainer sets the
+    # sender's own entry.
+    clock: dict[str, int] | None = None
 
 
 @dataclass
@@ -63,6 +70,10 @@ class StrategyContext:
     # the daemon replaces these lists when membership changes.
     neighbors: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)
+    # Set by the trainer: its vector clock, and the clock the last local
+    # gradient was computed from (before `after_local_step`).
+    clock: VectorClock | None = None
+    step_clock: dict[str, int] | None = None
 
 
 class Strategy:

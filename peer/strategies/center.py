@@ -70,6 +70,10 @@ class CommitStrategy(CenterReplicaStrategy):
     def make_commit(self) -> list[np.ndarray]:
         raise NotImplementedError
 
+    def commit_clock(self) -> dict[str, int] | None:
+        """The clock the commit was computed from; None: the one at commit time."""
+        return None
+
     def after_local_step(self, step: int) -> list[Outgoing]:
         self.steps_since_commit += 1
         if self.steps_since_commit < self.window:
@@ -77,7 +81,7 @@ class CommitStrategy(CenterReplicaStrategy):
         self.steps_since_commit = 0
         commit = self.make_commit()
         self.apply_commit(commit)  # the own commit, staleness 0
-        return [Outgoing(CENTER_COMMIT, commit)]
+        return [Outgoing(CENTER_COMMIT, commit, clock=self.commit_clock())]
 
     def apply(self, update: Incoming) -> bool:
         self.apply_commit(update.arrays)

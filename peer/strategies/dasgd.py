@@ -22,6 +22,7 @@ class DASGD(Strategy):
             raise ValueError("--broadcast-every must be >= 1")
         self.broadcast_every = broadcast_every
         self._accumulated: list[np.ndarray] | None = None
+        self._window_clock: dict[str, int] | None = None
         self._steps_accumulated = 0
 
     def after_local_step(self, step: int) -> list[Outgoing]:
@@ -35,13 +36,22 @@ class DASGD(Strategy):
             p.grad = None
         if self._accumulated is None:
             self._accumulated = grads
+            # The sum is as stale as its oldest part (as when the transport
+            # sums queued gradients): it carries the first step's clock.
+            step_clock = self.context.step_clock
+            self._window_clock = None if step_clock is None else dict(step_clock)
         else:
             for acc, g in zip(self._accumulated, grads):
                 acc += g
         self._steps_accumulated += 1
         if self._steps_accumulated < self.broadcast_every:
             return []
-        message = Outgoing(GRADIENT, self._accumulated, clock_ticks=self._steps_accumulated)
+        message = Outgoing(
+            GRADIENT,
+            self._accumulated,
+            clock_ticks=self._steps_accumulated,
+            clock=self._window_clock,
+        )
         self._accumulated, self._steps_accumulated = None, 0
         return [message]
 
