@@ -440,6 +440,21 @@ def test_easgd_applies_the_elastic_rule_after_each_round():
         close(peer.center(), [0.952, -1.048])
 
 
+@pytest.mark.parametrize("peers", [2, 4, 8, 12, 32])
+def test_easgd_center_moves_at_most_to_the_mean_whatever_the_number_of_peers(peers):
+    """alpha = lr * rho = 0.5 here: with p models the center would move by
+    p * alpha times its distance to their mean (12 peers: 6x, diverging)."""
+    strategy = network("easgd", {"A": [1.0, 0.0]}, window=1)["A"].strategy
+    strategy.center_replica = [np.zeros_like(a) for a in strategy.center_replica]
+    models = [np.ones_like(a) for a in strategy.center_replica]
+    distances = []
+    for _ in range(5):
+        strategy.close_round(models, [models] * (peers - 1))
+        distances.append(float(np.abs(1.0 - strategy.center_replica[0]).max()))
+    assert all(0.0 <= d <= 1.0 for d in distances)
+    assert distances == sorted(distances, reverse=True)  # monotone, no overshoot
+
+
 # --- gossip ------------------------------------------------------------------------
 
 
@@ -457,7 +472,10 @@ def test_gossip_averages_pairwise_on_both_sides():
     assert reply.kind == GOSSIP_REPLY and reply.to == "A"
     close(torch.from_numpy(reply.arrays[0].flatten()), [1.0, -1.0])  # B's model from before
     deliver_all(peers, ["B"])
-    close(a.weights(), [0.9, -1.0])  # 1/2 ([0.8, -1] + [1, -1])
+    # 1/2 ([0.9, -1] sent + [1, -1]) and the step A took meanwhile, whole:
+    # the sum of the models is the start's less the 2 local steps.
+    close(a.weights(), [0.85, -1.0])
+    close(a.weights() + b.weights(), [1.8, -2.0])
     assert a.strategy.partner is None and a.strategy.exchanges == 1
     a.step()
     assert a.sent[-1][0].kind == GOSSIP_MODEL

@@ -10,6 +10,12 @@ applies exactly the published rule with α = lr·ρ (ρ default 5):
 both from the values before the round (the own x_i included in the sum).
 With the `all` topology every replica sees the same round's models, so the
 replicas stay equal.
+
+The center moves by β = p·α times the distance to the round's mean (p
+models in the round). The paper picks α = β/p for its many-worker runs; with
+α = lr·ρ fixed, β grows with the peers and past 1 the center overshoots the
+mean (past 2 it diverges: 9 peers at the defaults). So α is lr·ρ but at most
+1/p: the center moves at most to the mean, whatever the number of peers.
 """
 
 from __future__ import annotations
@@ -32,8 +38,12 @@ class EASGD(RoundStrategy, CenterReplicaStrategy):
             raise ValueError(f"--rho must be > 0, got {rho}")
         self.alpha = np.float32(self.learning_rate() * rho)
 
+    def round_alpha(self, models: int) -> np.float32:
+        """α for a round of `models` models: lr·ρ, at most 1/models (β ≤ 1)."""
+        return np.float32(min(float(self.alpha), 1.0 / models))
+
     def close_round(self, own: list[np.ndarray], others: list[list[np.ndarray]]) -> None:
-        alpha = self.alpha
+        alpha = self.round_alpha(1 + len(others))
         new_model, new_center = [], []
         for center, x_own, *x_others in zip(self.center_replica, own, *others):
             new_model.append(x_own - alpha * (x_own - center))

@@ -3,9 +3,13 @@
 After each local step a peer i with no exchange outstanding sends its model
 x_i (GOSSIP_MODEL) to one random neighbor j. Peer j sets x_j ← ½(x_j + x_i)
 and replies with its model from before (GOSSIP_REPLY); i then sets
-x_i ← ½(x_i + x_j). Both sides average the same pair, so the exchange is
-symmetric; one exchange at a time keeps a peer from mixing in many stale
-copies, and a timeout keeps a lost reply from stopping it for good.
+x_i ← x_i − ½(x_i_sent − x_j): the average of the pair exchanged plus the
+steps i took while the reply was on its way, in full (AD-PSGD averages
+atomically and applies concurrent gradients whole; averaging the current x_i
+instead would halve those steps). Both sides average the same pair, so the
+sum of the models is conserved; one exchange at a time keeps a peer from
+mixing in many stale copies, and a timeout keeps a lost reply from stopping
+it for good.
 
 A reply can only travel to a neighbor, so a peer starts exchanges with
 neighbors that have it as a neighbor too (on `ring` and `all`, every one),
@@ -54,6 +58,8 @@ class Gossip(Strategy):
         self.fanout = fanout
         self._rng = random.Random(seed)
         self.partner: str | None = None  # the outstanding exchange
+        # The model sent in the last exchange started, and to whom.
+        self._sent: tuple[str, list[np.ndarray]] | None = None
         self._deadline: float | None = None
         self._steps = 0
         self._steps_reported: dict[str, int] = {}
@@ -86,7 +92,9 @@ class Gossip(Strategy):
             return []
         self.partner = self._rng.choice(candidates)
         self._deadline = None  # set by the next on_idle, which knows the time
-        return [self._message(GOSSIP_MODEL, self.model_arrays(), self.partner)]
+        model = self.model_arrays()  # a copy: nobody changes it
+        self._sent = (self.partner, model)
+        return [self._message(GOSSIP_MODEL, model, self.partner)]
 
     def on_idle(self, now: float) -> list[Outgoing]:
         if self.partner is not None:
@@ -112,7 +120,14 @@ class Gossip(Strategy):
             self.replies.append(self._message(GOSSIP_REPLY, mine, update.sender))
             return True
         # The other half of an exchange we started (even one we stopped waiting for).
-        self.set_model(average(self.model_arrays(), update.arrays))
+        mine = self.model_arrays()
+        if self._sent is not None and self._sent[0] == update.sender:
+            half = np.float32(0.5)
+            sent = self._sent[1]
+            self.set_model([x - half * (s - y) for x, s, y in zip(mine, sent, update.arrays)])
+            self._sent = None
+        else:  # a reply to an older exchange: what we sent then is gone
+            self.set_model(average(mine, update.arrays))
         if update.sender == self.partner:
             self.partner = None
             self.exchanges += 1
