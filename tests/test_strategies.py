@@ -529,3 +529,16 @@ def test_round_does_not_wait_for_a_neighbor_that_left():
     assert a.strategy.ready_to_step()
     close(a.weights(), [0.95, -1.05])
     assert a.strategy.missing_by_peer == {"C": 1}
+
+
+def test_dasgd_checkpoints_the_gradients_it_has_not_sent_yet(tmp_path):
+    a = network("dasgd", {"A": [1.0, 0.0]}, broadcast_every=3)["A"]
+    a.step(2)  # applied here, not sent
+    assert a.take_sent() == []
+    path = checkpoint.save(tmp_path, {"strategy_state": a.strategy.state_dict()})
+    resumed = network("dasgd", {"A": [1.0, 0.0]}, broadcast_every=3)["A"]
+    resumed.strategy.load_state_dict(checkpoint.load(path.parent)["strategy_state"])
+    resumed.step()
+    ((message, _),) = resumed.take_sent()
+    assert message.clock_ticks == 3
+    close(torch.from_numpy(message.arrays[0].flatten()), [3.0, 0.0])  # all three gradients

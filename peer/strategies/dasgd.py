@@ -58,3 +58,21 @@ class DASGD(Strategy):
     def apply(self, update: Incoming) -> bool:
         self.step_with_gradient(update.arrays)
         return True
+
+    def state_dict(self) -> dict:
+        """The gradients summed since the last broadcast: applied here, not
+        yet sent, so neighbors get them after a restart too."""
+        if self._accumulated is None:
+            return {}
+        return {
+            "accumulated": [np.array(a, copy=True) for a in self._accumulated],
+            "steps_accumulated": self._steps_accumulated,
+            "window_clock": dict(self._window_clock or {}),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if "accumulated" not in state:
+            return
+        self._accumulated = [np.array(a, dtype=np.float32, copy=True) for a in state["accumulated"]]
+        self._steps_accumulated = int(state["steps_accumulated"])
+        self._window_clock = {m: int(c) for m, c in state.get("window_clock", {}).items()}
