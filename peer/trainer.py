@@ -207,7 +207,7 @@ class Trainer:
             self._emulate_compute_time(self.step_delay_s)
         w.optimizer.step()
         stats = self.stats
-        if stats.step == 0:
+        if not stats.first_step_at:  # this process's first (the step count may be resumed)
             stats.first_step_at = time.time()
         stats.step += 1
         stats.samples += len(targets)

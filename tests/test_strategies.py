@@ -542,3 +542,11 @@ def test_dasgd_checkpoints_the_gradients_it_has_not_sent_yet(tmp_path):
     ((message, _),) = resumed.take_sent()
     assert message.clock_ticks == 3
     close(torch.from_numpy(message.arrays[0].flatten()), [3.0, 0.0])  # all three gradients
+
+
+def test_a_resumed_trainer_reports_its_first_step_and_samples_per_second():
+    a = network("dasgd", {"A": [1.0, 0.0]})["A"]
+    a.trainer.stats.step = 1359  # as restored from a checkpoint
+    a.step(3)
+    assert a.trainer.stats.first_step_at > 0
+    assert a.trainer.samples_per_s() > 0
