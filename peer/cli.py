@@ -56,22 +56,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.getLogger(__name__).info("config:\n%s", config.describe())
     from peer.daemon import PeerDaemon  # imports torch: only once the config is valid
 
+    # From here on, SIGTERM/SIGINT/SIGHUP mean "leave cleanly", also while
+    # the daemon loads its workload, joins or waits for other members.
+    leave = threading.Event()
+    started: list[PeerDaemon] = []
+
+    def on_signal(signum, frame):
+        leave.set()
+        for daemon in started:
+            daemon.request_leave()
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, on_signal)
     try:
         daemon = PeerDaemon(config, security)
-        daemon.start()
+        started.append(daemon)
+        if leave.is_set():
+            daemon.request_leave()
+        daemon.start(
+            announce=lambda: print(
+                f"peer {daemon.member_id} listening on {daemon.address}", flush=True
+            )
+        )
     except (InsecureListenError, ValueError, OSError) as error:
         print(f"dasgd-peer: {error}", file=sys.stderr)
         return 2
     except grpc.RpcError as error:
         print(f"dasgd-peer: bootstrap refused us: {error.details()}", file=sys.stderr)
         return 2
-    print(f"peer {daemon.member_id} listening on {daemon.address}", flush=True)
-
-    def on_signal(signum, frame):
-        daemon.request_leave()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     daemon.wait()
     daemon.shutdown()
     return 0

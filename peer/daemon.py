@@ -8,7 +8,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 import numpy as np
@@ -210,7 +210,13 @@ class PeerDaemon:
         return {k: v for k, v in options.items() if k in strategy_parameters(c.strategy)}
 
     # --- start-up -----------------------------------------------------------
-    def start(self) -> None:
+    def start(self, announce: Callable[[], None] | None = None) -> None:
+        """Serves, joins, waits for the network, warm-starts and trains.
+
+        `announce` is called once the peer has its id and address (before it
+        waits for other members). A leave requested meanwhile (SIGTERM while
+        starting) cuts the start short; `shutdown` then leaves cleanly.
+        """
         self.server = start_server(
             self.config.listen, self.security, self._register, max_workers=64
         )
@@ -223,7 +229,11 @@ class PeerDaemon:
             on_change=self._on_members,
             labels={"workload": self.config.workload, "strategy": self.config.strategy},
         )
+        if self._leave_requested.is_set():
+            return
         joined = self.membership.join_with_retry(deadline_s=self.config.join_timeout_s)
+        if self._leave_requested.is_set():
+            return
         if not joined:
             if not self.member_id:
                 self.member_id = f"p-{random.getrandbits(32):08x}"
@@ -235,6 +245,8 @@ class PeerDaemon:
                 self.member_id,
             )
         self.member_id = self.membership.member_id
+        if announce is not None:
+            announce()
         self.context.member_id = self.member_id
         self.trainer.member_id = self.member_id
         self.trainer.clock.owner = self.member_id
@@ -255,8 +267,12 @@ class PeerDaemon:
         if not joined:
             self._ask_seed_peers()
         self._wait_for_members()
+        if self._leave_requested.is_set():
+            return
         if self.config.warm_start:
             self._warm_start()
+        if self._leave_requested.is_set():
+            return
         self.server.set_serving(True)  # joined (or on our own) and the model is ready
         self.trainer.evaluate()
         self.initial_accuracy = self.trainer.stats.accuracy
@@ -287,13 +303,20 @@ class PeerDaemon:
         wanted = self.config.min_members
         end = time.monotonic() + self.config.min_members_timeout_s
         next_probe = 0.0
-        while len(self._member_list()) < wanted and not self._leave_requested.is_set():
+        if self._members_known() < wanted and not self.resumed_step:
+            log.info(
+                "waiting up to %.0fs for %d members (self included; %d so far)",
+                self.config.min_members_timeout_s,
+                wanted,
+                self._members_known(),
+            )
+        while self._members_known() < wanted and not self._leave_requested.is_set():
             if self.resumed_step:
                 return
             if time.monotonic() > end:
                 log.warning(
                     "only %d of %d members after %.0fs; starting anyway",
-                    len(self._member_list()),
+                    self._members_known(),
                     wanted,
                     self.config.min_members_timeout_s,
                 )
@@ -356,6 +379,10 @@ class PeerDaemon:
         log.info("warm-started from %s at its step %d", member.id, step)
 
     # --- membership -----------------------------------------------------------
+    def _members_known(self) -> int:
+        """Members of the run we know of, this peer included (joined or not)."""
+        return len({m.id for m in self._member_list()} | {self.member_id})
+
     def _member_list(self) -> list[membership_pb2.Member]:
         with self._members_lock:
             return list(self._members.values())
@@ -591,6 +618,8 @@ class PeerDaemon:
     # --- shutdown ---------------------------------------------------------------
     def request_leave(self) -> None:
         self._leave_requested.set()
+        if self.state == "STARTING" and self.membership is not None:
+            self.membership.cancel_join()  # `shutdown` still leaves
 
     def wait(self) -> None:
         """Blocks until asked to leave (Leave RPC) or the trainer finished."""

@@ -182,6 +182,10 @@ class MembershipClient:
             ).members
         )
 
+    def cancel_join(self) -> None:
+        """Stops `join_with_retry` (at its next wait); the channel stays open for `leave`."""
+        self._stop.set()
+
     def stop(self) -> None:
         self._stop.set()
         if self._watch_call is not None:
