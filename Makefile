@@ -3,14 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Where pip finds torch. Empty: pip's own configuration (PyPI, or a local
+# wheel directory); PyPI's Linux x86_64 torch is the multi-GB CUDA build, so
+# for the CPU build on such a machine run
+#   make TORCH_INDEX=https://download.pytorch.org/whl/cpu test
+TORCH_INDEX ?=
+TORCH_PIP := $(if $(strip $(TORCH_INDEX)),--index-url $(strip $(TORCH_INDEX)))
 
 .PHONY: demo test proto proto-check lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# The CPU build of torch; a bare `torch` requirement may pull a multi-GB CUDA build.
-	$(PY) -m pip install -q 'torch==2.13.0' || $(PY) -m pip install -q 'torch>=2.2'
+	# torch first, from TORCH_INDEX when given (see above).
+	$(PY) -m pip install -q $(TORCH_PIP) 'torch==2.13.0' \
+		|| $(PY) -m pip install -q $(TORCH_PIP) 'torch>=2.2'
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 

@@ -141,16 +141,46 @@ class PeerConfig:
         return "\n".join(lines)
 
 
-def _coerce(f: dataclasses.Field, value: Any) -> Any:
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("", "0", "false", "no", "off")
+_KIND_NAMES = {int: "an integer", float: "a number", bool: "a boolean (1/0, true/false)"}
+
+
+def env_name(name: str) -> str:
+    """The environment variable that sets field `name`."""
+    return "DASGD_" + name.upper()
+
+
+def _coerce(f: dataclasses.Field, value: Any, source: str) -> Any:
+    """`value` as the field's type; `source` (e.g. `DASGD_QUEUE_SIZE=abc`)
+    names where it came from when it is not one."""
     kind = type(f.default)
     if kind is bool and isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return kind(value)
+        word = value.strip().lower()
+        if word in _TRUE or word in _FALSE:
+            return word in _TRUE
+    elif kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif not isinstance(value, bool):
+        try:
+            return kind(value)
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"{source}: not {_KIND_NAMES.get(kind, 'a string')}")
 
 
 def add_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
     """Adds one flag per field; unset flags stay absent so lower layers show through."""
-    parser.add_argument("--config", help="TOML file with any of these settings")
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML file with any of these settings; the environment and flags override it "
+        "[env DASGD_CONFIG]",
+    )
     for f in dataclasses.fields(PeerConfig):
         if f.name in exclude:
             continue
@@ -160,15 +190,24 @@ def add_flags(parser: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) ->
                 flag,
                 action=argparse.BooleanOptionalAction,
                 default=argparse.SUPPRESS,
-                help=f.metadata["help"],
+                help=_help(f, "on" if f.default else "off"),
             )
         else:
             parser.add_argument(
                 flag,
                 type=type(f.default),
                 default=argparse.SUPPRESS,
-                help=f"{f.metadata['help']} (default: {f.default!r})",
+                help=_help(f, repr(f.default) if isinstance(f.default, str) else str(f.default)),
             )
+
+
+def _help(f: dataclasses.Field, default: str) -> str:
+    """The field's help, its default once (unless the text already says what
+    an unset value does) and its environment variable, as the bootstrap does."""
+    text = f.metadata["help"]
+    if "(default" not in text and "(empty" not in text and default:
+        text += f" (default {default})"
+    return f"{text} [env {env_name(f.name)}]".replace("%", "%%")
 
 
 def load_config(args: argparse.Namespace | None = None, environ: dict | None = None) -> PeerConfig:
@@ -183,11 +222,11 @@ def load_config(args: argparse.Namespace | None = None, environ: dict | None = N
             name = key.replace("-", "_")
             if name not in fields:
                 raise ValueError(f"{config_file}: unknown setting {key!r}")
-            values[name] = _coerce(fields[name], value)
+            values[name] = _coerce(fields[name], value, f"{config_file}: {key} = {value!r}")
     for name, f in fields.items():
-        env = environ.get("DASGD_" + name.upper())
+        env = environ.get(env_name(name))
         if env is not None:
-            values[name] = _coerce(f, env)
+            values[name] = _coerce(f, env, f"{env_name(name)}={env}")
     for name in fields:
         if args is not None and hasattr(args, name):
             values[name] = getattr(args, name)

@@ -26,9 +26,12 @@ defaults consistently. Chunk sizes from 256 KiB to 4 MiB did no better than
 
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import logging
+import socket
+import ssl
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -92,18 +95,23 @@ class Security:
         tls_ca: str | None = None,
         insecure: bool = False,
     ) -> Security:
-        token = Path(token_file).read_text().strip() if token_file else None
+        token = _read(token_file, "token file").decode().strip() if token_file else None
         if token_file and not token:
             raise ValueError(f"token file {token_file} is empty")
         if bool(tls_cert) != bool(tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
-        return cls(
+        security = cls(
             token=token,
-            tls_cert=Path(tls_cert).read_bytes() if tls_cert else None,
-            tls_key=Path(tls_key).read_bytes() if tls_key else None,
-            tls_ca=Path(tls_ca).read_bytes() if tls_ca else None,
+            tls_cert=_read(tls_cert, "TLS certificate") if tls_cert else None,
+            tls_key=_read(tls_key, "TLS key") if tls_key else None,
+            tls_ca=_read(tls_ca, "TLS CA bundle") if tls_ca else None,
             insecure=insecure,
         )
+        if tls_cert and tls_key:
+            check_tls_files(tls_cert, tls_key)
+        if tls_ca:
+            check_tls_ca(tls_ca)
+        return security
 
     @property
     def tls(self) -> bool:
@@ -116,6 +124,44 @@ class Security:
         else:
             parts.append("plaintext")
         return ", ".join(parts)
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as error:
+        raise OSError(f"cannot read {what} {path}: {error.strerror or error}") from None
+
+
+def _no_password() -> bytes:
+    return b""  # gRPC cannot use an encrypted key; never prompt on a terminal
+
+
+def check_tls_files(cert: str, key: str) -> None:
+    """Fails with a sentence naming the files when `key` is not the private
+    key of `cert`, or either is not PEM, instead of gRPC's later "bind" error."""
+    if b"-----BEGIN CERTIFICATE-----" not in _read(cert, "TLS certificate"):
+        raise ValueError(f"TLS certificate {cert} is not a PEM certificate")
+    if b"PRIVATE KEY-----" not in _read(key, "TLS key"):
+        raise ValueError(f"TLS key {key} is not a PEM private key")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=_no_password)
+    except ssl.SSLError as error:
+        if error.reason == "KEY_VALUES_MISMATCH":
+            raise ValueError(f"TLS key {key} does not match certificate {cert}") from None
+        raise ValueError(
+            f"cannot load TLS certificate {cert} with key {key} "
+            f"(PEM, unencrypted key expected): {error.reason or error}"
+        ) from None
+
+
+def check_tls_ca(ca: str) -> None:
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=ca)
+    except ssl.SSLError as error:
+        raise ValueError(
+            f"TLS CA bundle {ca} holds no usable PEM certificate: {error.reason or error}"
+        ) from None
 
 
 def is_loopback(host: str) -> bool:
@@ -143,6 +189,46 @@ def check_listen_address(address: str, security: Security) -> None:
             "forgeable by anyone on the network. Give --tls-cert/--tls-key (and --tls-ca for "
             "mutual TLS), listen on 127.0.0.1, or pass --insecure if the network is trusted."
         )
+
+
+def _cannot_listen(address: str, error: OSError) -> OSError:
+    if error.errno == errno.EADDRINUSE:
+        reason = "address already in use (another process listens on that port)"
+    elif error.errno == errno.EADDRNOTAVAIL:
+        reason = "not an address of this machine"
+    elif error.errno == errno.EACCES:
+        reason = "permission denied (ports below 1024 need privileges)"
+    else:
+        reason = error.strerror or str(error)
+    failure = OSError(f"cannot listen on {address}: {reason}")
+    failure.errno = error.errno
+    return failure
+
+
+def check_can_bind(address: str) -> None:
+    """Binds (and releases) a socket on `address` the way gRPC will, so a
+    taken port or a foreign address fails with its reason before gRPC tries;
+    gRPC itself only reports "Failed to bind". Passes if any of the
+    addresses the host resolves to can be bound, as gRPC does."""
+    host, port = split_host_port(address)
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as error:
+        reason = f"cannot resolve {host!r} ({error.strerror})"
+        raise OSError(f"cannot listen on {address}: {reason}") from None
+    first: OSError | None = None
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(sockaddr)
+                return
+        except OSError as error:
+            first = first or error
+    if first is not None:
+        raise _cannot_listen(address, first)
 
 
 def _abort_handler(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandler:
@@ -297,6 +383,7 @@ def start_server(
     """Bind, register services (`register` returns their full names), add
     health (NOT_SERVING until the caller says otherwise) and reflection."""
     check_listen_address(listen, security)
+    check_can_bind(listen)
     # The token check runs first: a caller without the token learns nothing,
     # not even whether its bytes parsed.
     interceptors: list[grpc.ServerInterceptor] = (
@@ -322,17 +409,27 @@ def start_server(
         ],
         server,
     )
-    if security.tls:
-        creds = grpc.ssl_server_credentials(
-            [(security.tls_key, security.tls_cert)],
-            root_certificates=security.tls_ca,
-            require_client_auth=security.tls_ca is not None,
-        )
-        port = server.add_secure_port(listen, creds)
-    else:
-        port = server.add_insecure_port(listen)
+    # grpcio returns 0 for a failed bind in some versions and raises
+    # RuntimeError("Failed to bind ...") in others (1.85): both become OSError.
+    try:
+        if security.tls:
+            creds = grpc.ssl_server_credentials(
+                [(security.tls_key, security.tls_cert)],
+                root_certificates=security.tls_ca,
+                require_client_auth=security.tls_ca is not None,
+            )
+            port = server.add_secure_port(listen, creds)
+        else:
+            port = server.add_insecure_port(listen)
+    except RuntimeError:
+        port = 0
     if port == 0:
-        raise OSError(f"could not bind {listen}: address in use or not available")
+        server.stop(None)
+        what = " with the TLS certificate and key given" if security.tls else ""
+        raise OSError(
+            f"cannot listen on {listen}{what}: address already in use "
+            "(or not an address of this machine)"
+        )
     server.start()
     host, _ = split_host_port(listen)
     advertised = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"

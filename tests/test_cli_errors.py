@@ -1,0 +1,175 @@
+"""Start-up failures a new user meets first: a taken port, a TLS key that is
+not the certificate's, a bad environment variable. Each must end the
+daemon with one sentence naming the cause and a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from peer.cli import build_parser
+from peer.config import load_config
+from rpc import Security, start_server
+from tests.certs import Pki, make_pki
+from tests.daemons import ROOT
+
+
+def cli(module: str, *args: str, env: dict[str, str] | None = None, timeout: float = 120.0):
+    """`python -m MODULE ARGS` from this checkout, its output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, **(env or {})),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A port another socket is bound and listening on for the whole test."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        yield holder.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def assert_one_clear_line(result: subprocess.CompletedProcess, prog: str, message: str) -> None:
+    assert result.returncode != 0, result
+    assert "Traceback" not in result.stderr, result.stderr
+    assert "Failed to bind" not in result.stderr, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.startswith(f"{prog}: ")]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_start_server_names_a_taken_port(taken_port: int):
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{taken_port}: address already"):
+        start_server(f"127.0.0.1:{taken_port}", Security(), lambda server: [])
+
+
+def test_start_server_names_an_address_of_another_machine():
+    # 192.0.2.0/24 is reserved for documentation: never an address of this machine.
+    with pytest.raises(OSError, match="cannot listen on 192.0.2.1:0: not an address of this"):
+        start_server("192.0.2.1:0", Security(insecure=True), lambda server: [])
+
+
+def test_tls_files_are_checked_when_loaded(pki: Pki, tmp_path: Path):
+    daemon, other = pki.daemon, pki.client
+    with pytest.raises(ValueError, match=f"TLS key {other.key} does not match certificate"):
+        Security.from_files(tls_cert=str(daemon.cert), tls_key=str(other.key))
+    with pytest.raises(ValueError, match=f"TLS certificate {daemon.key} is not a PEM cert"):
+        Security.from_files(tls_cert=str(daemon.key), tls_key=str(daemon.key))
+    with pytest.raises(ValueError, match=f"TLS CA bundle {daemon.key} holds no usable"):
+        Security.from_files(tls_ca=str(daemon.key))
+    missing = tmp_path / "missing.pem"
+    with pytest.raises(OSError, match=f"cannot read TLS certificate {missing}: No such file"):
+        Security.from_files(tls_cert=str(missing), tls_key=str(daemon.key))
+    good = Security.from_files(
+        tls_cert=str(daemon.cert), tls_key=str(daemon.key), tls_ca=str(pki.ca.cert)
+    )
+    assert good.describe() == "no token, mTLS"
+
+
+def test_bootstrap_on_a_taken_port_says_so(taken_port: int):
+    result = cli("bootstrap.cli", "run", "--listen", f"127.0.0.1:{taken_port}", timeout=60)
+    assert result.returncode == 1
+    assert_one_clear_line(
+        result,
+        "dasgd-bootstrap",
+        f"cannot listen on 127.0.0.1:{taken_port}: address already in use",
+    )
+
+
+def test_bootstrap_with_a_key_of_another_certificate_says_so(pki: Pki):
+    result = cli(
+        "bootstrap.cli", "run", "--listen", "127.0.0.1:0",
+        "--tls-cert", str(pki.daemon.cert), "--tls-key", str(pki.client.key),
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert_one_clear_line(
+        result,
+        "dasgd-bootstrap",
+        f"TLS key {pki.client.key} does not match certificate {pki.daemon.cert}",
+    )
+
+
+def test_peer_on_a_taken_port_says_so_before_training(taken_port: int):
+    result = cli(
+        "peer.cli", "run", "--bootstrap", "127.0.0.1:1", "--listen", f"127.0.0.1:{taken_port}"
+    )
+    assert result.returncode == 2 and "listening on" not in result.stdout
+    assert_one_clear_line(
+        result, "dasgd-peer", f"cannot listen on 127.0.0.1:{taken_port}: address already in use"
+    )
+
+
+def test_peer_with_a_key_of_another_certificate_says_so(pki: Pki):
+    result = cli(
+        "peer.cli", "run", "--bootstrap", "127.0.0.1:1", "--listen", "127.0.0.1:0",
+        "--tls-cert", str(pki.daemon.cert), "--tls-key", str(pki.client.key),
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert_one_clear_line(
+        result,
+        "dasgd-peer",
+        f"TLS key {pki.client.key} does not match certificate {pki.daemon.cert}",
+    )
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("DASGD_QUEUE_SIZE", "abc", "DASGD_QUEUE_SIZE=abc: not an integer"),
+        ("DASGD_RHO", "x", "DASGD_RHO=x: not a number"),
+        ("DASGD_WARM_START", "maybe", "DASGD_WARM_START=maybe: not a boolean"),
+    ],
+)
+def test_a_bad_environment_variable_is_named(name: str, value: str, message: str):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(None, {name: value})
+
+
+def test_a_bad_setting_in_the_config_file_is_named(tmp_path: Path):
+    config_file = tmp_path / "peer.toml"
+    config_file.write_text('queue_size = "many"\n')
+    with pytest.raises(ValueError, match=re.escape(f"{config_file}: queue_size = 'many': not an")):
+        load_config(None, {"DASGD_CONFIG": str(config_file)})
+
+
+def test_peer_cli_names_a_bad_environment_variable():
+    result = cli("peer.cli", "run", env={"DASGD_QUEUE_SIZE": "abc"}, timeout=60)
+    assert result.returncode == 2
+    assert_one_clear_line(result, "dasgd-peer", "DASGD_QUEUE_SIZE=abc: not an integer")
+
+
+def run_parser():
+    return build_parser()._subparsers._group_actions[0].choices["run"]
+
+
+def test_peer_help_shows_each_default_once_and_its_environment_variable():
+    text = " ".join(run_parser().format_help().split())  # argparse wraps anywhere
+    assert not re.search(r"\(default[^)]*\)\s*\(default", text), text
+    assert "(default: '')" not in text
+    assert "(then coalesce/drop) (default 8) [env DASGD_QUEUE_SIZE]" in text
+    assert "(default: the bound address) [env DASGD_ADVERTISE]" in text
+    assert "network (default on) [env DASGD_WARM_START]" in text
+    for action in run_parser()._actions:
+        flag = action.option_strings[-1] if action.option_strings else ""
+        if flag.startswith("--") and flag != "--help":
+            name = flag[2:].removeprefix("no-").replace("-", "_").upper()
+            assert f"[env DASGD_{name}]" in action.help, (flag, action.help)
