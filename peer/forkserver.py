@@ -15,6 +15,7 @@ signalled). Closing stdin makes the server wait for its children and exit.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -36,6 +37,22 @@ def _preload() -> None:
     load_split()
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+# Loaded here, not in the child: it may be called between fork and exec.
+_LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent(parent: int | None = None) -> None:
+    """Asks the kernel to send this process SIGTERM when its parent dies
+    (Linux; elsewhere a no-op), so children of a launcher killed outright
+    (SIGKILL, a crash) leave cleanly instead of training on as orphans.
+    `parent`: the pid expected; if it already died, SIGTERM now."""
+    if _LIBC is None or _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        return
+    if parent is not None and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _reap(signum=None, frame=None) -> None:
     while True:
         try:
@@ -46,8 +63,9 @@ def _reap(signum=None, frame=None) -> None:
             return
 
 
-def _child(request: dict) -> None:
+def _child(request: dict, server: int) -> None:
     os.setsid()
+    die_with_parent(server)  # the server dies with the launcher, so do we
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     stdin = os.open(os.devnull, os.O_RDONLY)
     stdout = os.open(request["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -79,11 +97,12 @@ def serve() -> None:
     _preload()
     signal.signal(signal.SIGCHLD, _reap)
     print(json.dumps({"ready": True}), flush=True)
+    server = os.getpid()
     for line in sys.stdin:
         request = json.loads(line)
         pid = os.fork()
         if pid == 0:
-            _child(request)
+            _child(request, server)
         print(json.dumps({"pid": pid}), flush=True)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     while True:

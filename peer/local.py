@@ -18,12 +18,14 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import grpc
 
 from dasgd.v1 import peer_pb2, peer_pb2_grpc
 from peer.config import PeerConfig
+from peer.forkserver import die_with_parent
 from rpc import Security, make_channel
 
 # Flags of `local` that are not passed to each `run` as they are.
@@ -78,6 +80,7 @@ class ForkServer:
             start_new_session=True,
             text=True,
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            preexec_fn=partial(die_with_parent, os.getpid()),
         )
         if json.loads(self.process.stdout.readline() or "{}").get("ready") is not True:
             raise RuntimeError(f"fork server did not start; see {log_dir / 'forkserver.log'}")
@@ -170,6 +173,9 @@ def _spawn(name: str, argv: list[str], log_dir: Path) -> Child:
         stdin=subprocess.DEVNULL,
         start_new_session=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        # Own session (a terminal's Ctrl-C reaches us, not them), but gone
+        # with us even if we are killed outright.
+        preexec_fn=partial(die_with_parent, os.getpid()),
     )
     return Child(name, process, log_path, out_path)
 
@@ -360,7 +366,9 @@ def run_local(args: argparse.Namespace) -> int:
     def on_signal(signum, frame):
         interrupted.set()
 
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {
+        s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    }
     security = Security.from_files(getattr(args, "token_file", None) or None)
     try:
         bootstrap = _spawn(

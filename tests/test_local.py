@@ -1,10 +1,17 @@
 """The one-command cluster, as `make demo` runs it (smaller limits)."""
 
+import contextlib
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_local
+from tests.conftest import run_local, wait_until
+from tests.daemons import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -47,3 +54,45 @@ def test_local_cluster_reaches_target_and_writes_summary_and_plot(tmp_path):
     assert summary["samples_per_s"] == pytest.approx(sum(rates), abs=0.5)
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "reached 95.00%" in output
+
+
+def processes_writing_to(directory) -> set[int]:
+    """Pids with a file in `directory` open (each daemon logs there)."""
+    pids = set()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd).startswith(str(directory)) for fd in (proc / "fd").iterdir()):
+                pids.add(int(proc.name))
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signal is Linux's")
+def test_killing_local_outright_takes_every_daemon_with_it(tmp_path):
+    """SIGKILL (or a crash) gives `local` no chance to stop its children,
+    which run in their own sessions: they must go by themselves."""
+    log_dir = tmp_path / "logs"
+    local = subprocess.Popen(
+        [sys.executable, "-m", "peer.cli", "local", "--peers", "2", "--max-seconds", "120"]
+        + ["--target-accuracy", "2", "--step-delay-ms", "20", "--log-dir", str(log_dir)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    daemons: set[int] = set()
+    try:
+        for line in local.stdout:
+            if "peers of run" in line:  # bootstrap, fork server and peers are up
+                break
+        daemons = processes_writing_to(log_dir) - {local.pid}
+        assert len(daemons) >= 4, daemons  # bootstrap, fork server, 2 peers
+        local.kill()
+        local.wait(10)
+        wait_until(lambda: not processes_writing_to(log_dir), 30)
+    finally:
+        for pid in daemons | {local.pid}:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
