@@ -36,7 +36,7 @@ from peer.transport import Outbox, PeerServicer, add_peer_service, pull_model
 from peer.workloads import load_workload
 from rpc import Security, ServerHandle, make_channel, start_server
 from rpc.allocator import tune_allocator
-from rpc.server import split_host_port
+from rpc.server import advertise_address, split_host_port
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +220,11 @@ class PeerDaemon:
         self.server = start_server(
             self.config.listen, self.security, self._register, max_workers=64
         )
-        self.address = self.config.advertise or self.server.address
+        self.address = self.config.advertise or advertise_address(
+            self.config.listen, self.server.port, self.config.bootstrap
+        )
+        if not self.config.advertise and self.address != self.server.address:
+            log.info("advertising %s (the address that reaches the bootstrap)", self.address)
         self.membership = MembershipClient(
             make_channel(self.config.bootstrap, self.security),
             self.run_id,

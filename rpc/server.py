@@ -181,6 +181,36 @@ def split_host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+WILDCARD_HOSTS = ("", "0.0.0.0", "::")
+
+
+def join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def advertise_address(listen: str, port: int, toward: str) -> str:
+    """The address others should dial for a server bound to `listen`.
+
+    A specific host is its own answer. For a wildcard (0.0.0.0, ::) it is the
+    local address the kernel would send from to reach `toward` (the
+    bootstrap): loopback for a bootstrap on this machine, the outward
+    interface for one elsewhere. Nothing is sent; 127.0.0.1 if no route."""
+    host, _ = split_host_port(listen)
+    if host not in WILDCARD_HOSTS:
+        return join_host_port(host, port)
+    try:
+        target_host, target_port = split_host_port(toward)
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            target_host, target_port, type=socket.SOCK_DGRAM
+        )[0]
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(sockaddr)  # UDP: picks a route and a source, sends nothing
+            source = probe.getsockname()[0]
+    except (OSError, ValueError, IndexError):
+        source = "127.0.0.1"
+    return join_host_port(source, port)
+
+
 def check_listen_address(address: str, security: Security) -> None:
     host, _ = split_host_port(address)
     if not is_loopback(host) and not security.tls and not security.insecure:
@@ -432,8 +462,6 @@ def start_server(
         )
     server.start()
     host, _ = split_host_port(listen)
-    advertised = host if host not in ("", "0.0.0.0", "::") else "127.0.0.1"
-    if ":" in advertised:
-        advertised = f"[{advertised}]"
-    log.info("listening on %s:%d (%s)", advertised, port, security.describe())
-    return ServerHandle(server, port, f"{advertised}:{port}", health_servicer, service_names)
+    address = join_host_port(host if host not in WILDCARD_HOSTS else "127.0.0.1", port)
+    log.info("listening on %s (%s)", join_host_port(host, port), security.describe())
+    return ServerHandle(server, port, address, health_servicer, service_names)
