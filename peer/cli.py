@@ -22,10 +22,12 @@ from rpc.server import InsecureListenError, check_listen_address
 def _client_security_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peer", required=True, help="HOST:PORT of a running peer")
     parser.add_argument("--token-file", default="", help="file holding the run's shared secret")
-    parser.add_argument("--tls-cert", default="")
-    parser.add_argument("--tls-key", default="")
+    parser.add_argument(
+        "--tls-cert", default="", help="client certificate, for a peer that requires one (mTLS)"
+    )
+    parser.add_argument("--tls-key", default="", help="the client certificate's key")
     parser.add_argument("--tls-ca", default="", help="CA to verify the peer (enables TLS)")
-    parser.add_argument("--timeout", type=float, default=5.0)
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds (default 5)")
 
 
 def _client_channel(args: argparse.Namespace) -> grpc.Channel:
@@ -91,8 +93,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _format_status(status: peer_pb2.StatusResponse) -> str:
     s = status.staleness
+    if status.resumed_step:
+        origin = f"resumed from its checkpoint at step {status.resumed_step}"
+    elif status.warm_started_from:
+        origin = f"warm-started from {status.warm_started_from}"
+    else:
+        origin = "started from the initial model"
+    checkpoint = (
+        f"; last checkpoint at step {status.checkpoint_step}" if status.checkpoint_step else ""
+    )
     lines = [
         f"peer      {status.id}  run {status.run_id}  at {status.address}  ({status.state})",
+        f"start     {origin}, accuracy {status.initial_accuracy:.4f} before its first step"
+        f"{checkpoint}",
         f"training  {status.workload} / {status.strategy}: step {status.step}, "
         f"loss {status.loss:.4f}, accuracy {status.accuracy:.4f}, "
         f"{status.samples_per_s:.0f} samples/s",
@@ -175,9 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     local = sub.add_parser(
         "local", help="start a bootstrap and N peers on loopback and train to a target"
     )
-    local.add_argument("--peers", type=int, default=4)
-    local.add_argument("--target-accuracy", type=float, default=0.95)
-    local.add_argument("--max-seconds", type=float, default=120.0)
+    local.add_argument("--peers", type=int, default=4, help="peer processes (default 4)")
+    local.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=0.95,
+        help="stop once every peer reached this test accuracy (default 0.95)",
+    )
+    local.add_argument(
+        "--max-seconds", type=float, default=120.0, help="stop after this long (default 120)"
+    )
     local.add_argument("--summary-json", default="", help="write the summary here")
     local.add_argument("--plot", default="", help="write a PNG of accuracy over time here")
     local.add_argument("--slowdowns", default="", help="per-peer step-delay factors, e.g. 4,1,1,1")
@@ -213,7 +233,29 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except grpc.RpcError as error:
         print(f"dasgd-peer: {error.code().name}: {error.details()}", file=sys.stderr)
+        hint = _hint(error.code(), args)
+        if hint:
+            print(f"dasgd-peer: {hint}", file=sys.stderr)
         return 1
+
+
+def _hint(code: grpc.StatusCode, args: argparse.Namespace) -> str:
+    """What to try next when a client command fails."""
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return "the peer wants the run's token: pass --token-file"
+    if code == grpc.StatusCode.UNAVAILABLE:
+        if not getattr(args, "tls_ca", ""):
+            return (
+                f"is a peer running at {args.peer}? If it uses TLS, pass --tls-ca "
+                "(and --tls-cert/--tls-key if it requires client certificates)"
+            )
+        if not getattr(args, "tls_cert", ""):
+            return (
+                f"is a peer running at {args.peer}, with a certificate from that CA whose "
+                "name matches the host? If it requires client certificates (mutual TLS), "
+                "pass --tls-cert/--tls-key"
+            )
+    return ""
 
 
 if __name__ == "__main__":

@@ -115,8 +115,9 @@ class PeerDaemon:
             max_steps=config.max_steps,
         )
         log.info(
-            "model: %d tensors, %.1f MB; inbox: at most %d updates, %.0f MB",
+            "model: %d tensors, %s parameters (%.3g MB); inbox: at most %d updates, %.0f MB",
             len(self.specs),
+            f"{sum(spec.numel for spec in self.specs):,}",
             payload_bytes(self.specs, "raw") / 1e6,
             config.inbox_size,
             self.trainer.inbox.max_bytes / 1e6,
