@@ -655,4 +655,9 @@ class PeerDaemon:
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
             self.metrics_server.server_close()
-        log.info("peer %s stopped", self.member_id)
+        saved = (
+            f"; final checkpoint at step {self.checkpoint_step} in {self.config.checkpoint_dir}"
+            if self.config.checkpoint_dir and self.checkpoint_step
+            else ""
+        )
+        log.info("peer %s stopped at step %d%s", self.member_id, self.trainer.stats.step, saved)
