@@ -45,6 +45,12 @@ def test_torn_checkpoint_falls_back_to_previous_and_garbage_is_an_error(tmp_path
     assert checkpoint.load(tmp_path / "empty") is None
 
 
+def training_status(address: str):
+    """Status once the peer trains: it prints its address before it has
+    waited for members and warm-started."""
+    return wait_until(lambda: (status := peer_status(address)).state == "TRAINING" and status, 60)
+
+
 def run_peer(spawn, bootstrap, ckpt_dir, *extra):
     return start_peer(
         spawn,
@@ -77,7 +83,7 @@ def test_sigkill_then_restart_resumes_same_identity_and_sigterm_saves_final(spaw
 
     second = run_peer(spawn, bootstrap, tmp_path / "a")
     assert second.wait_for_line("listening on").split()[1] == peer_id
-    resumed = peer_status(second.address())
+    resumed = training_status(second.address())
     assert resumed.resumed_step == on_disk["step"]
     assert resumed.step >= on_disk["step"]
     assert resumed.initial_accuracy > 0.5  # the trained model came back, not a fresh init
@@ -107,7 +113,7 @@ def test_late_joiner_warm_starts_from_a_neighbor(spawn, tmp_path):
         "--shard",
         "2/3",
     )
-    late_status = peer_status(late.address())
+    late_status = training_status(late.address())
     assert late_status.warm_started_from in {
         peer_status(early_address).id,
         peer_status(early[1].address()).id,
