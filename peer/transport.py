@@ -304,12 +304,20 @@ class OutboundMessage:
             total += part
 
     def try_absorb(self, newer: OutboundMessage) -> bool:
-        """`absorb` unless a sender has already started on this message."""
-        with self._lock:
+        """`absorb` unless a sender has already started on this message.
+
+        Never waits: the lock is busy only while a sender takes the message
+        or makes its frames (encoding 40 MB takes tens of ms), and then it is
+        taken anyway; the caller (the training thread) sends a new one."""
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
             if self.taken:
                 return False
             self.absorb(newer)
             return True
+        finally:
+            self._lock.release()
 
     def merged_with(self, newer: OutboundMessage) -> OutboundMessage:
         """Sum of two summable updates, as a new message (see `absorb`)."""
@@ -371,6 +379,7 @@ class NeighborSender:
         self._closing = False
         self._flush_deadline = 0.0
         self._call: grpc.Future | None = None
+        self._stream = 0  # generation of the Push stream (see _end_stream)
         self.stats = SenderStats()
         self.last_error = ""
         self._thread = threading.Thread(target=self._run, name=f"send-{member_id}", daemon=True)
@@ -432,11 +441,14 @@ class NeighborSender:
             self._call.cancel()
         self._channel.close()
 
-    def _next_message(self, timeout: float) -> OutboundMessage | None:
+    def _next_message(self, timeout: float, stream: int | None = None) -> OutboundMessage | None:
+        """The next update to send (what queued behind it summed in), or None
+        after `timeout`, on close, or once `stream` (a generation of the Push
+        stream) has ended: gRPC would drop what an ended stream takes."""
         with self._cond:
             end = time.monotonic() + timeout
-            while not self._queue:
-                if self._closing:
+            while not self._queue or (stream is not None and stream != self._stream):
+                if self._closing or (stream is not None and stream != self._stream):
                     return None
                 remaining = end - time.monotonic()
                 if remaining <= 0:
@@ -447,14 +459,18 @@ class NeighborSender:
             message = self._queue.popleft().take()
             # Updates that piled up while the last one was on the wire go
             # out as one: fewer messages, and the newest sooner.
+            parts = []
             while self._queue and message.coalescible_with(self._queue[0]):
-                if message.recipients > 1:
-                    message = message.private_copy()
-                message.absorb(self._queue.popleft().take())
-                self.stats.queue_coalesced += 1
-            return message
+                parts.append(self._queue.popleft().take())
+            self.stats.queue_coalesced += len(parts)
+        # Summed outside the lock: `offer`, on the training thread, needs it.
+        for part in parts:
+            if message.recipients > 1:
+                message = message.private_copy()
+            message.absorb(part)
+        return message
 
-    def _requests(self, first: OutboundMessage) -> Iterator[bytes]:
+    def _requests(self, first: OutboundMessage, stream: int) -> Iterator[bytes]:
         message: OutboundMessage | None = first
         while message is not None:
             started = time.monotonic()
@@ -464,11 +480,18 @@ class NeighborSender:
             pause = started + self.min_interval_s - time.monotonic()
             if pause > 0:
                 time.sleep(pause)  # what arrives meanwhile goes out as one update
-            message = self._next_message(self._idle_close_s)
+            message = self._next_message(self._idle_close_s, stream)
             if message is not None and not self._link_up():
                 with self._cond:
                     self._queue.appendleft(message)
                 return
+
+    def _end_stream(self) -> None:
+        """The Push stream ended: its request iterator, which gRPC may still
+        have waiting for the next update, must not take one."""
+        with self._cond:
+            self._stream += 1
+            self._cond.notify_all()
 
     def _run(self) -> None:
         backoff = 0.2
@@ -482,7 +505,7 @@ class NeighborSender:
                     return
                 continue
             try:
-                self._call = self._push.future(self._requests(first))
+                self._call = self._push.future(self._requests(first, self._stream))
                 self._call.result()
                 backoff = 0.2
             except grpc.FutureCancelledError:
@@ -498,6 +521,7 @@ class NeighborSender:
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
+                self._end_stream()
                 self._call = None
 
 

@@ -37,6 +37,7 @@ from peer.transport import (
     specs_to_wire,
 )
 from rpc import make_channel
+from tests.conftest import wait_until
 
 SPECS = [TensorSpec("w", (4, 3)), TensorSpec("b", (3,))]
 
@@ -552,3 +553,46 @@ def test_an_fp16_update_beyond_its_range_arrives_scaled(plain_server, recipients
     (update,) = node.delivered
     for got, sent in zip(update.arrays, outbound.arrays):
         np.testing.assert_allclose(got, sent, rtol=2**-10, atol=outbound.header.scale * 2**-14)
+
+
+def test_no_update_is_lost_to_a_push_stream_the_receiver_ended(plain_server, monkeypatch):
+    """After the receiver aborts a stream, gRPC's thread reading that stream's
+    requests may still wait for the next update: it must not take one (gRPC
+    would drop it unsent and uncounted)."""
+    address, node = plain_server
+    calls = []
+    accept = node.deliver
+    monkeypatch.setattr(node, "deliver", lambda u: calls.append(u) or len(calls) > 1 and accept(u))
+    outbox = Outbox("run", "me", "a:1", grpc.insecure_channel, SPECS, min_send_interval_s=0.0)
+    outbox.set_neighbors({"receiver": address})
+    (sender,) = outbox.senders()
+    try:
+        outbox.send(GRADIENT, values(1.0), {"me": 1})  # refused: the stream is aborted
+        wait_until(lambda: sender.stats.errors == 1, 10)
+        time.sleep(0.5)  # a new stream waits for the next update
+        for fill in (2.0, 3.0, 4.0, 5.0):
+            outbox.send(GRADIENT, values(fill), {"me": int(fill)})
+            time.sleep(0.3)
+        got = lambda: sum(float(u.arrays[0].flat[0]) for u in node.delivered)  # noqa: E731
+        wait_until(lambda: got() == 14.0, 10)
+    finally:
+        outbox.close()
+
+
+def test_the_training_thread_never_waits_for_a_sender_making_frames():
+    busy = message(2)
+    holding = threading.Event()
+
+    def encode_slowly():  # as wire_frames holds the lock while it encodes
+        with busy._lock:
+            busy.taken = True
+            holding.set()
+            time.sleep(1.0)
+
+    thread = threading.Thread(target=encode_slowly)
+    thread.start()
+    holding.wait(5)
+    started = time.monotonic()
+    assert busy.try_absorb(message(2)) is False
+    assert time.monotonic() - started < 0.5
+    thread.join()
