@@ -108,8 +108,8 @@ class Trainer:
         if not self.running or threading.get_ident() == self._loop_owner:
             return fn()
         request = _Request(fn, Future())
-        self.inbox.put(request, timeout=timeout)
-        return request.future.result(timeout)
+        self.inbox.put(request)  # never waits: requests pass the updates' bound
+        return request.future.result(timeout)  # TimeoutError if the loop is stuck
 
     # --- the loop ----------------------------------------------------------
     def _run(self) -> None:
@@ -291,9 +291,13 @@ class Inbox(queue.Queue):
     def put(self, item, block: bool = True, timeout: float | None = None) -> None:
         size = _payload_bytes(item)
         deadline = None if timeout is None else time.monotonic() + timeout
+        # A request to run something on the training thread (a checkpoint, a
+        # Pull) carries no payload and is not held back by the updates' bound.
+        bounded = not isinstance(item, _Request)
         with self.not_full:
-            while (0 < self.maxsize <= self._qsize()) or (
-                size and self.bytes and self.bytes + size > self.max_bytes
+            while bounded and (
+                (0 < self.maxsize <= self._qsize())
+                or (size and self.bytes and self.bytes + size > self.max_bytes)
             ):
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if not block or (remaining is not None and remaining <= 0):

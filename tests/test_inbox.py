@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -73,3 +74,17 @@ def test_inbox_bound_defaults_to_four_updates_of_the_model():
     assert inbox_bytes(0, wide) == 4 * update  # ~151 MB, not 1 GB of stale gradients
     assert inbox_bytes(0, [TensorSpec("w", (10, 10))]) == INBOX_MIN_BYTES
     assert inbox_bytes(500, wide) == 500_000_000  # --inbox-mb given
+
+
+def test_a_request_for_the_training_thread_is_not_held_back_by_the_update_bound():
+    """A checkpoint or Pull must not wait (and fail) because updates fill the inbox."""
+    from concurrent.futures import Future
+
+    from peer.trainer import Inbox, _Request
+
+    inbox = Inbox(2, 1 << 30)
+    inbox.put(object())
+    inbox.put(object())  # at its count bound
+    started = time.monotonic()
+    inbox.put(_Request(lambda: None, Future()), timeout=0.5)
+    assert time.monotonic() - started < 0.2 and inbox.qsize() == 3
