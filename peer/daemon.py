@@ -80,6 +80,7 @@ class PeerDaemon:
         # Members the bootstrap dropped, and until when their updates are
         # still taken (see is_member).
         self._departed: dict[str, float] = {}
+        self._members_version = 0  # of the last list applied (see _on_members)
         self._last_refresh = 0.0
         self.rejected: dict[str, int] = {}
         self.server: ServerHandle | None = None
@@ -331,7 +332,7 @@ class PeerDaemon:
                 if self._training_member() is not None:
                     return
             try:
-                self._on_members(self.membership.list_members(timeout=2.0))
+                self.membership.refresh(timeout=2.0)
             except grpc.RpcError:
                 pass
             time.sleep(0.05)
@@ -392,11 +393,26 @@ class PeerDaemon:
         with self._members_lock:
             return list(self._members.values())
 
-    def _on_members(self, members: Sequence[membership_pb2.Member]) -> None:
-        """Authoritative list from the bootstrap."""
+    def _on_members(
+        self,
+        members: Sequence[membership_pb2.Member],
+        version: int | None = None,
+        new_session: bool = False,
+    ) -> None:
+        """Authoritative list from the bootstrap, at its membership `version`.
+
+        Lists come from several threads (the watch, a re-join, a refresh for
+        an unknown sender); one older than the last applied is stale and
+        ignored, or a member that left would come back. A join's list is
+        taken whatever its version (a bootstrap restarted without its state
+        counts again from 0)."""
         now = time.monotonic()
         grace = self.membership.ttl_s if self.membership is not None else DEFAULT_TTL_S
         with self._members_lock:
+            if version is not None:
+                if not new_session and version < self._members_version:
+                    return
+                self._members_version = version
             current = {m.id: m for m in members if m.run_id in ("", self.run_id)}
             for gone in self._members.keys() - current.keys():
                 self._departed[gone] = now + grace
@@ -463,7 +479,7 @@ class PeerDaemon:
         if self.membership is not None and now - self._last_refresh > 0.5:
             self._last_refresh = now
             try:
-                self._on_members(self.membership.list_members(timeout=2.0))
+                self.membership.refresh(timeout=2.0)
             except grpc.RpcError:
                 return False
             with self._members_lock:

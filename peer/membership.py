@@ -19,7 +19,9 @@ from dasgd.v1 import membership_pb2, membership_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-OnChange = Callable[[Sequence[membership_pb2.Member]], None]
+# (members, the run's membership version, whether the list starts a new
+# session with the bootstrap: a join, after which versions may have restarted)
+OnChange = Callable[[Sequence[membership_pb2.Member], int, bool], None]
 # The lease assumed until the bootstrap says (its own default).
 DEFAULT_TTL_S = 10.0
 # A failed heartbeat is tried again after this, then twice as long each time.
@@ -66,7 +68,7 @@ class MembershipClient:
         self.version = response.version
         self.connected = True
         self.joined.set()
-        self._on_change(response.members)
+        self._on_change(response.members, response.version, True)
         return response
 
     def join_with_retry(self, deadline_s: float | None = None) -> bool:
@@ -158,7 +160,7 @@ class MembershipClient:
                 for event in self._watch_call:
                     backoff = 0.2
                     self.version = event.version
-                    self._on_change(event.members)
+                    self._on_change(event.members, event.version, False)
             except grpc.RpcError as error:
                 if self._stop.is_set():
                     return
@@ -175,12 +177,15 @@ class MembershipClient:
         except grpc.RpcError as error:
             log.info("leave not delivered: %s", error.code().name)
 
-    def list_members(self, timeout: float = 5.0) -> list[membership_pb2.Member]:
-        return list(
-            self._stub.ListMembers(
-                membership_pb2.ListMembersRequest(run_id=self.run_id), timeout=timeout
-            ).members
+    def list_members(self, timeout: float = 5.0) -> membership_pb2.ListMembersResponse:
+        return self._stub.ListMembers(
+            membership_pb2.ListMembersRequest(run_id=self.run_id), timeout=timeout
         )
+
+    def refresh(self, timeout: float = 5.0) -> None:
+        """Asks for the member list now and hands it to `on_change`."""
+        response = self.list_members(timeout)
+        self._on_change(response.members, response.version, False)
 
     def cancel_join(self) -> None:
         """Stops `join_with_retry` (at its next wait); the channel stays open for `leave`."""

@@ -40,3 +40,21 @@ def test_dropped_member_is_taken_from_for_one_lease_then_refused():
     finally:
         daemon.shutdown()
         bootstrap.stop()
+
+
+def member(member_id: str) -> membership_pb2.Member:
+    return membership_pb2.Member(id=member_id, run_id="st", address="127.0.0.1:9")
+
+
+def test_a_stale_member_list_does_not_bring_back_a_member_that_left():
+    """Lists reach the daemon from several threads; a refresh answered at
+    version 5 may land after the watch applied version 6, where M left."""
+    daemon = PeerDaemon(PeerConfig(bootstrap="127.0.0.1:1", run_id="st", step_delay_ms=5))
+    daemon.member_id = "me"
+    daemon._on_members([member("me"), member("A"), member("M")], 5)
+    daemon._on_members([member("me"), member("A")], 6)  # M left
+    daemon._on_members([member("me"), member("A"), member("M")], 5)  # the stale answer
+    assert {m.id for m in daemon.members()} == {"me", "A"}
+    # A join after a bootstrap restart (versions start over) is taken.
+    daemon._on_members([member("me"), member("B")], 1, True)
+    assert {m.id for m in daemon.members()} == {"me", "B"}

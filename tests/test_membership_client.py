@@ -54,7 +54,7 @@ def bootstrap(request):
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    client = MembershipClient(channel, "run", "127.0.0.1:9", "", on_change=lambda members: None)
+    client = MembershipClient(channel, "run", "127.0.0.1:9", "", on_change=lambda *change: None)
     client.join()
     client.start()
     yield servicer, client
