@@ -83,6 +83,7 @@ class PeerDaemon:
         self._members_version = 0  # of the last list applied (see _on_members)
         self._last_refresh = 0.0
         self.rejected: dict[str, int] = {}
+        self._rejected_lock = threading.Lock()
         self.server: ServerHandle | None = None
         self.membership: MembershipClient | None = None
 
@@ -564,7 +565,8 @@ class PeerDaemon:
         return self.trainer.call(take)
 
     def count_rejection(self, code: grpc.StatusCode) -> None:
-        self.rejected[code.name] = self.rejected.get(code.name, 0) + 1
+        with self._rejected_lock:  # from many gRPC threads at once
+            self.rejected[code.name] = self.rejected.get(code.name, 0) + 1
 
     # --- status -----------------------------------------------------------------
     def status(self, evaluations_since: float = 0.0) -> peer_pb2.StatusResponse:
@@ -616,7 +618,9 @@ class PeerDaemon:
             neighbors=neighbors,
             updates_applied=stats.updates_applied,
             updates_rejected=sum(self.rejected.values()),
-            bytes_sent=sum(n.bytes_sent for n in neighbors),
+            # Every byte since start, to neighbors gone too: a counter.
+            bytes_sent=sum(n.bytes_sent for n in neighbors)
+            + (self.outbox.retired_bytes_sent if self.outbox else 0),
             bytes_received=self.servicer.bytes_received,
             vector_clock=trainer.clock.snapshot(),
             samples_per_s=trainer.samples_per_s(),

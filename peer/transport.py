@@ -565,6 +565,9 @@ class Outbox:
         self._min_send_interval_s = min_send_interval_s
         self._max_send_rate = max_send_rate
         self._senders: dict[str, NeighborSender] = {}
+        # Bytes sent by senders since stopped (neighbors gone), so the total
+        # never goes down (it is a Prometheus counter).
+        self.retired_bytes_sent = 0
         # The last summable broadcast and whom it went to, while no sender
         # has taken it.
         self._waiting: tuple[OutboundMessage, list[NeighborSender]] | None = None
@@ -584,6 +587,7 @@ class Outbox:
         with self._lock:
             gone = [mid for mid, s in self._senders.items() if neighbors.get(mid) != s.address]
             stopped = [self._senders.pop(mid) for mid in gone]
+            self.retired_bytes_sent += sum(s.stats.bytes_sent for s in stopped)
             for mid, address in neighbors.items():
                 if mid not in self._senders:
                     self._senders[mid] = NeighborSender(
@@ -654,6 +658,7 @@ class Outbox:
         with self._lock:
             senders = list(self._senders.values())
             self._senders.clear()
+            self.retired_bytes_sent += sum(s.stats.bytes_sent for s in senders)
         threads = [
             threading.Thread(target=s.close, args=(flush_timeout,), daemon=True) for s in senders
         ]
@@ -763,6 +768,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
         self._last_sequence: dict[str, int] = {}
         self._sequence_lock = threading.Lock()
         self.bytes_received = 0
+        self._bytes_lock = threading.Lock()
 
     def check_header(self, header: peer_pb2.UpdateHeader, restart: bool = False) -> codec.Assembler:
         """Validates a header against the local model; returns the assembler.
@@ -907,7 +913,8 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             assembler.add(data)
         except codec.DecodeError as error:
             raise RejectedUpdate(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from None
-        self.bytes_received += len(data)
+        with self._bytes_lock:  # streams are served by several threads at once
+            self.bytes_received += len(data)
 
     def _deliver(self, header: peer_pb2.UpdateHeader, assembler: codec.Assembler) -> None:
         try:

@@ -596,3 +596,16 @@ def test_the_training_thread_never_waits_for_a_sender_making_frames():
     assert busy.try_absorb(message(2)) is False
     assert time.monotonic() - started < 0.5
     thread.join()
+
+
+def test_bytes_sent_counts_neighbors_that_are_gone():
+    outbox = Outbox("run", "me", "a:1", grpc.insecure_channel, SPECS, link_up=lambda m: False)
+    try:
+        outbox.set_neighbors({"n1": "127.0.0.1:1", "n2": "127.0.0.1:2"})
+        for sender in outbox.senders():
+            sender.stats.bytes_sent = 60
+        outbox.set_neighbors({"n2": "127.0.0.1:2"})  # n1 left
+        live = sum(s.stats.bytes_sent for s in outbox.senders())
+        assert live + outbox.retired_bytes_sent == 120
+    finally:
+        outbox.close()
