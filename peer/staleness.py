@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from peer.bounded import put_recent
+
 
 class VectorClock:
     def __init__(self, owner: str, entries: Mapping[str, int] | None = None):
@@ -102,7 +104,7 @@ class StalenessTracker:
 
     def record(self, sender: str, staleness: int) -> None:
         self.overall.record(staleness)
-        per_sender = self.by_sender.get(sender)
-        if per_sender is None:
-            per_sender = self.by_sender[sender] = StalenessWindow(self._window)
+        per_sender = self.by_sender.get(sender) or StalenessWindow(self._window)
+        # The senders heard from most recently (members come and go).
+        put_recent(self.by_sender, sender, per_sender)
         per_sender.record(staleness)

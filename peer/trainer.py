@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 
+from peer.bounded import put_recent
 from peer.cpus import format_cpus, pin_this_thread
 from peer.staleness import StalenessTracker, VectorClock
 from peer.strategies import Incoming, Outgoing, Strategy
@@ -192,7 +193,8 @@ class Trainer:
             return False
         self.clock.tick(update.sender, update.clock_ticks)
         self.staleness.record(update.sender, update.staleness)
-        self.applied_by_sender[update.sender] = self.applied_by_sender.get(update.sender, 0) + 1
+        applied = self.applied_by_sender.get(update.sender, 0) + 1
+        put_recent(self.applied_by_sender, update.sender, applied)
         self.stats.updates_applied += 1
         return True
 

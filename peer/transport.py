@@ -46,6 +46,7 @@ from google.protobuf.message import DecodeError as ProtobufDecodeError
 
 from dasgd.v1 import membership_pb2, peer_pb2, peer_pb2_grpc
 from peer import codec
+from peer.bounded import put_recent
 from peer.codec import TensorSpec
 from peer.strategies.base import CENTER_COMMIT, DELTA, GRADIENT, MODEL, ROUND_MODEL, Incoming
 from rpc.server import MAX_MESSAGE_BYTES
@@ -836,7 +837,9 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                     f"sequence {header.sequence} from {header.sender_id} is not after {last}: "
                     "duplicate or replayed update",
                 )
-            self._last_sequence[header.sender_id] = header.sequence
+            # A sender silent through MAX_MEMBERS others is forgotten (churn
+            # must not grow this); its sequences start from its clock anyway.
+            put_recent(self._last_sequence, header.sender_id, header.sequence)
         try:
             return codec.Assembler(local, codec_name, header.total_bytes, header.scale or 1.0)
         except codec.DecodeError as error:
