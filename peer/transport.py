@@ -438,8 +438,9 @@ class NeighborSender:
             self._flush_deadline = time.monotonic() + flush_timeout
             self._cond.notify_all()
         self._thread.join(flush_timeout + 1.0)
-        if self._call is not None:
-            self._call.cancel()
+        call = self._call  # the sender thread may clear it meanwhile
+        if call is not None:
+            call.cancel()
         self._channel.close()
 
     def _next_message(self, timeout: float, stream: int | None = None) -> OutboundMessage | None:
