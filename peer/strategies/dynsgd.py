@@ -3,8 +3,14 @@
 A receiver adds a commit scaled by 1/(staleness + 1), where staleness is the
 number of updates it had applied that the committer's computation had not
 seen (from the vector clocks; the trainer fills it in before `apply`). The
-own commit has staleness 0. Replicas see different staleness for the same
-commit, so unlike DOWNPOUR's they need not stay equal.
+committer damps its own commit the same way in its own replica: by the
+commits of others that reached it since the pull its delta started from, as
+a parameter server counts every worker's push, its own included. With prompt
+delivery every replica then adds a commit with the same factor and the
+replicas stay close; counting the own commit at full weight made each
+replica lean toward its own peer's data (4 peers on digits-mlp: accuracies
+0.94–0.97, not all reaching 95%). Replicas may still differ a little, when
+commits arrive in different orders.
 """
 
 from __future__ import annotations
@@ -15,6 +21,18 @@ from peer.strategies.downpour import Downpour
 
 class DynSGD(Downpour):
     name = "dynsgd"
+
+    def own_commit_scale(self) -> float:
+        clock = self.context.clock
+        if clock is None:
+            return 1.0
+        me = self.context.member_id
+        since_pull = sum(
+            max(0, count - self.clock_at_last_pull.get(member, 0))
+            for member, count in clock.entries.items()
+            if member != me
+        )
+        return 1.0 / (since_pull + 1)
 
     def apply(self, update: Incoming) -> bool:
         self.apply_commit(update.arrays, scale=1.0 / (update.staleness + 1))
