@@ -133,12 +133,9 @@ def _serve(args: argparse.Namespace) -> int:
             daemon = BootstrapDaemon(
                 args.listen, security=security, ttl=args.ttl, state_path=args.state
             ).start()
-        except ValueError as error:
+        except (ValueError, OSError) as error:  # exit 2 for any start-up error, as the peer
             print(f"dasgd-bootstrap: {error}", file=sys.stderr)
             return 2
-        except OSError as error:
-            print(f"dasgd-bootstrap: {error}", file=sys.stderr)
-            return 1
         host = args.listen.rpartition(":")[0]
         print(f"bootstrap listening on {host}:{daemon.port}", flush=True)
         stop_requested.wait()
