@@ -18,7 +18,14 @@ import torch
 
 from peer import checkpoint
 from peer.strategies import REGISTRY, Incoming, Outgoing, StrategyContext, make_strategy
-from peer.strategies.base import CENTER, CENTER_COMMIT, GOSSIP_MODEL, GOSSIP_REPLY, MODEL
+from peer.strategies.base import (
+    CENTER,
+    CENTER_COMMIT,
+    GOSSIP_MODEL,
+    GOSSIP_REPLY,
+    MODEL,
+    ROUND_MODEL,
+)
 from peer.trainer import Trainer
 from peer.workloads import Workload
 
@@ -552,3 +559,10 @@ def test_a_resumed_trainer_reports_its_first_step_and_samples_per_second():
     a.step(3)
     assert a.trainer.stats.first_step_at > 0
     assert a.trainer.samples_per_s() > 0
+
+
+def test_a_round_strategy_keeps_one_model_per_sender_ahead_of_it():
+    a = network("average", {"A": [1.0, 0.0], "B": [0.0, 1.0]}, window=5)["A"]
+    for future in range(5, 105):  # ever higher rounds from one sender
+        a.receive((Outgoing(ROUND_MODEL, [np.ones((1, 2), np.float32)], round=future), {}), "B")
+    assert list(a.strategy._arrived) == [104]

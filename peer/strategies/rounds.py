@@ -6,11 +6,11 @@ is False) until the round's models from all of them arrived or the round's
 deadline passed; then the subclass combines what arrived. A slow or dead
 peer costs at most the deadline per round, and it is logged and counted.
 
-Messages for a later round are kept until that round opens (a faster peer may
-already be there); messages for a round that is closed are discarded, so a
-late model is never mixed into the wrong round. A peer that finds the network
-rounds ahead (it joined late, or its rounds timed out) jumps to the newest
-round it has seen.
+Messages for a later round are kept until that round opens (one per sender,
+its newest; a faster peer may already be there); messages for a round that
+is closed are discarded, so a late model is never mixed into the wrong round.
+A peer that finds the network rounds ahead (it joined late, or its rounds
+timed out) jumps to the newest round it has seen.
 
 The set waited for is the neighbor list: use a symmetric topology (`all`,
 `ring`), where whoever we send to also sends to us.
@@ -84,6 +84,14 @@ class RoundStrategy(Strategy):
                 self.round,
             )
             return False
+        # One model kept per sender: its newest (a sender rounds ahead, or
+        # one sending ever higher rounds, must not pile up models here).
+        for other in [r for r, models in self._arrived.items() if update.sender in models]:
+            if other != update.round:
+                del self._arrived[other][update.sender]
+                self.late_discarded += 1
+                if not self._arrived[other]:
+                    del self._arrived[other]
         self._arrived.setdefault(update.round, {})[update.sender] = update.arrays
         if self.round_open:
             self._close_if_complete()
