@@ -10,7 +10,7 @@ STAMP := $(VENV)/.installed
 TORCH_INDEX ?=
 TORCH_PIP := $(if $(strip $(TORCH_INDEX)),--index-url $(strip $(TORCH_INDEX)))
 
-.PHONY: demo test proto proto-check lint bench clean
+.PHONY: demo test proto lint bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
