@@ -449,11 +449,13 @@ class NeighborSender:
         stream) has ended: gRPC would drop what an ended stream takes."""
         with self._cond:
             end = time.monotonic() + timeout
-            while not self._queue or (stream is not None and stream != self._stream):
-                if self._closing or (stream is not None and stream != self._stream):
+            while True:
+                if stream is not None and stream != self._stream:
                     return None
+                if self._queue:
+                    break
                 remaining = end - time.monotonic()
-                if remaining <= 0:
+                if self._closing or remaining <= 0:
                     return None
                 self._cond.wait(remaining)
             if self._closing and time.monotonic() > self._flush_deadline:

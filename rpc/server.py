@@ -108,7 +108,7 @@ class Security:
             insecure=insecure,
         )
         if tls_cert and tls_key:
-            check_tls_files(tls_cert, tls_key)
+            check_tls_files(tls_cert, tls_key, security.tls_cert, security.tls_key)
         if tls_ca:
             check_tls_ca(tls_ca)
         return security
@@ -137,12 +137,13 @@ def _no_password() -> bytes:
     return b""  # gRPC cannot use an encrypted key; never prompt on a terminal
 
 
-def check_tls_files(cert: str, key: str) -> None:
+def check_tls_files(cert: str, key: str, cert_pem: bytes, key_pem: bytes) -> None:
     """Fails with a sentence naming the files when `key` is not the private
-    key of `cert`, or either is not PEM, instead of gRPC's later "bind" error."""
-    if b"-----BEGIN CERTIFICATE-----" not in _read(cert, "TLS certificate"):
+    key of `cert`, or either is not PEM (their contents: `cert_pem`,
+    `key_pem`), instead of gRPC's later "bind" error."""
+    if b"-----BEGIN CERTIFICATE-----" not in cert_pem:
         raise ValueError(f"TLS certificate {cert} is not a PEM certificate")
-    if b"PRIVATE KEY-----" not in _read(key, "TLS key"):
+    if b"PRIVATE KEY-----" not in key_pem:
         raise ValueError(f"TLS key {key} is not a PEM private key")
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert, key, password=_no_password)

@@ -26,13 +26,10 @@ class DynSGD(Downpour):
         clock = self.context.clock
         if clock is None:
             return 1.0
+        # Staleness as a receiver counts it; the own commits are not stale.
         me = self.context.member_id
-        since_pull = sum(
-            max(0, count - self.clock_at_last_pull.get(member, 0))
-            for member, count in clock.entries.items()
-            if member != me
-        )
-        return 1.0 / (since_pull + 1)
+        seen = {**self.clock_at_last_pull, me: clock.entries.get(me, 0)}
+        return 1.0 / (clock.staleness_of(seen) + 1)
 
     def apply(self, update: Incoming) -> bool:
         self.apply_commit(update.arrays, scale=1.0 / (update.staleness + 1))
