@@ -240,16 +240,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _hint(code: grpc.StatusCode, args: argparse.Namespace) -> str:
-    """What to try next when a client command fails."""
+    """What to try next when a client command (status, peers, leave) fails."""
+    if not hasattr(args, "peer"):  # `local` or `run`: no --peer to point at
+        return ""
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return "the peer wants the run's token: pass --token-file"
     if code == grpc.StatusCode.UNAVAILABLE:
-        if not getattr(args, "tls_ca", ""):
+        if not args.tls_ca:
             return (
                 f"is a peer running at {args.peer}? If it uses TLS, pass --tls-ca "
                 "(and --tls-cert/--tls-key if it requires client certificates)"
             )
-        if not getattr(args, "tls_cert", ""):
+        if not args.tls_cert:
             return (
                 f"is a peer running at {args.peer}, with a certificate from that CA whose "
                 "name matches the host? If it requires client certificates (mutual TLS), "
