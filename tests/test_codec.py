@@ -177,3 +177,44 @@ def test_the_largest_finite_half_passes_the_check(name):
     values = [np.array([top, -top], dtype=np.float32)]
     specs = [TensorSpec("x", (2,))]
     assert codec.decode(codec.encode(values, name), specs, name)[0].tolist() == [top, -top]
+
+
+@pytest.mark.parametrize("name", [codec.F16, codec.BF16])
+def test_the_halves_check_agrees_with_isfinite_on_every_bit_pattern(name):
+    patterns = np.arange(-(1 << 15), 1 << 15, dtype=np.int32).astype(np.int16)
+    finite = torch.isfinite(torch.from_numpy(patterns).view(codec._HALF_DTYPES[name])).numpy()
+    verdicts = np.array([codec._halves_finite(patterns[i : i + 1], name) for i in range(65536)])
+    assert (verdicts == finite).all()
+    assert codec._halves_finite(patterns[finite], name)
+    assert not codec._halves_finite(patterns, name)
+
+
+# Bits of NaN/Inf with either sign, around the finite values next to them.
+NON_FINITE_BITS = {
+    codec.F16: (0x7C00, 0x7C01, 0x7FFF, 0xFC00, 0xFC01, 0xFFFF),
+    codec.BF16: (0x7F80, 0x7F81, 0x7FFF, 0xFF80, 0xFF81, 0xFFFF),
+}
+LARGEST_FINITE_BITS = {codec.F16: (0x7BFF, 0xFBFF, 0x8000), codec.BF16: (0x7F7F, 0xFF7F, 0x8000)}
+
+
+@pytest.mark.parametrize("name", [codec.F16, codec.BF16])
+def test_the_receiver_refuses_every_non_finite_half_and_takes_the_largest_finite(name):
+    specs = [TensorSpec("x", (3,))]
+    for bits in NON_FINITE_BITS[name]:
+        payload = np.array([0x3C00, bits, 0], np.uint16).tobytes()
+        with pytest.raises(codec.DecodeError, match="tensor x contains NaN or Inf"):
+            codec.decode(payload, specs, name)
+    payload = np.array(LARGEST_FINITE_BITS[name], np.uint16).tobytes()
+    expected = torch.from_numpy(np.frombuffer(payload, np.int16).copy())
+    expected = expected.view(codec._HALF_DTYPES[name]).float().numpy()
+    assert codec.decode(payload, specs, name)[0].tolist() == expected.tolist()
+
+
+def test_the_sender_check_catches_overflow_of_either_sign_in_any_chunk():
+    for bad in (70000.0, -70000.0, np.nan, -np.inf):
+        values = [np.zeros(10, np.float32), np.ones(7, np.float32)]
+        values[1][5] = bad
+        with pytest.raises(codec.F16Overflow):
+            list(codec.iter_frames(values, codec.F16, chunk_bytes=6, check_f16=True))
+    frames = codec.frame_chunks([np.full(9, -65504.0, np.float32)], codec.F16, chunk_bytes=6)
+    assert b"".join(frames) == bytes(codec.encode([np.full(9, -65504.0, np.float32)], codec.F16))
