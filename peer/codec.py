@@ -8,10 +8,9 @@ that gRPC sends, each behind a prefix the caller chooses (the transport's
 protobuf framing). Python gRPC takes a message only as one `bytes`, so one
 copy per chunk is unavoidable; it is the only one: float32 goes straight
 from the tensors' memory into the message, with no packed intermediate, and
-fp16/bf16 are converted one chunk at a time straight into the message, which
-gRPC copies out before the next one is made (converting 100 MB in one go
-runs at a fraction of that speed, most of it page faults on the fresh
-output).
+fp16/bf16 are converted one chunk at a time straight into a new message
+(converting 100 MB in one go runs at a fraction of that speed, most of it
+page faults on the fresh output).
 
 Receiving: `Assembler` copies each chunk into a buffer sized from the local
 model's specs — every size is checked against them before a byte is
