@@ -83,6 +83,9 @@ MIN_SEND_INTERVAL_S = 0.01
 MAX_SEND_RATE = 100.0
 # Room for the tag and length of a data chunk within one gRPC message.
 MAX_CHUNK_BYTES = MAX_MESSAGE_BYTES - 16
+# Trailing metadata of a Push refused for its sequence: the last sequence the
+# receiver has from that sender, so the sender can go on above it.
+LAST_SEQUENCE_KEY = "dasgd-last-sequence"
 
 
 def kind_name(kind: int) -> str:
@@ -327,6 +330,18 @@ class OutboundMessage:
         return merged
 
 
+def _last_sequence_of(error: grpc.RpcError) -> int | None:
+    """The receiver's last sequence from us, if it refused a Push for its sequence."""
+    trailing = getattr(error, "trailing_metadata", lambda: None)() or ()
+    for key, value in trailing:
+        if key == LAST_SEQUENCE_KEY:
+            try:
+                return min(int(value), 1 << 62)  # room to go on above it
+            except ValueError:
+                return None
+    return None
+
+
 def push_method(channel: grpc.Channel) -> grpc.StreamUnaryMultiCallable:
     """Push that takes the wire bytes of each Chunk (`OutboundMessage.wire_frames`)."""
     return channel.stream_unary(
@@ -364,8 +379,13 @@ class NeighborSender:
         idle_close_s: float = 30.0,
         link_up: Callable[[], bool] = lambda: True,
         min_interval_s: float = MIN_SEND_INTERVAL_S,
+        sequence_above: Callable[[int], int] | None = None,
     ):
         self.member_id = member_id
+        # A fresh sequence above the given one, from the Outbox's counter.
+        self._sequence_above = sequence_above or (lambda floor: floor + 1)
+        # The highest sequence this stream carried, or the receiver has.
+        self._sent_sequence = 0
         self.min_interval_s = min_interval_s  # Outbox adjusts it as neighbors come and go
         # Fault injection: while False, nothing is sent (the queue coalesces).
         self._link_up = link_up
@@ -472,12 +492,19 @@ class NeighborSender:
             if message.recipients > 1:
                 message = message.private_copy()
             message.absorb(part)
+        if message.info.sequence <= self._sent_sequence:
+            # Queued before this stream went above it: a sequence of its
+            # own, so the receiver sees them strictly increasing.
+            if message.recipients > 1:
+                message = message.private_copy()
+            message.info.sequence = self._sequence_above(self._sent_sequence)
         return message
 
     def _requests(self, first: OutboundMessage, stream: int) -> Iterator[bytes]:
         message: OutboundMessage | None = first
         while message is not None:
             started = time.monotonic()
+            self._sent_sequence = message.info.sequence
             yield from message.wire_frames(self._chunk_bytes)
             self.stats.sent += 1
             self.stats.bytes_sent += message.header.total_bytes
@@ -509,8 +536,14 @@ class NeighborSender:
                     return
                 continue
             try:
-                self._call = self._push.future(self._requests(first, self._stream))
-                self._call.result()
+                try:
+                    self._call = self._push.future(self._requests(first, self._stream))
+                    self._call.result()
+                finally:
+                    # Before any back-off: what is queued meanwhile waits
+                    # for the next stream.
+                    self._end_stream()
+                    self._call = None
                 backoff = 0.2
             except grpc.FutureCancelledError:
                 return  # close() cancelled the stream
@@ -522,11 +555,15 @@ class NeighborSender:
                 self.last_error = detail
                 if self._closing:
                     return
+                floor = _last_sequence_of(error)
+                if floor is not None:
+                    # The receiver has later updates from this member id
+                    # (this peer restarted with its clock set back): go on
+                    # above them, at once.
+                    self._sent_sequence = max(self._sent_sequence, floor)
+                    continue
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
-            finally:
-                self._end_stream()
-                self._call = None
 
 
 class Outbox:
@@ -577,8 +614,16 @@ class Outbox:
         self._waiting: tuple[OutboundMessage, list[NeighborSender]] | None = None
         self._lock = threading.Lock()
         # Strictly increasing across restarts of this peer, so receivers can
-        # refuse replays without remembering incarnations.
+        # refuse replays without remembering incarnations; should the clock
+        # be set back, a receiver's refusal tells a sender where to go on
+        # (`_sequence_above`).
         self._sequence = time.time_ns() // 1000
+        self._sequence_lock = threading.Lock()
+
+    def _sequence_above(self, floor: int) -> int:
+        with self._sequence_lock:
+            self._sequence = max(self._sequence, floor) + 1
+            return self._sequence
 
     def send_interval_s(self, neighbors: int) -> float:
         """Least time between two updates on one stream, with `neighbors` streams."""
@@ -602,6 +647,7 @@ class Outbox:
                         chunk_bytes=self._chunk_bytes,
                         link_up=lambda mid=mid: self._link_up(mid),
                         min_interval_s=interval,
+                        sequence_above=self._sequence_above,
                     )
             for sender in self._senders.values():
                 sender.min_interval_s = interval
@@ -629,8 +675,10 @@ class Outbox:
         of a message per step per neighbor, and no sender falls further
         behind.
         """
-        self._sequence += 1
-        info = UpdateInfo(kind, self._sequence, clock, clock_ticks, round_)
+        with self._sequence_lock:
+            self._sequence += 1
+            sequence = self._sequence
+        info = UpdateInfo(kind, sequence, clock, clock_ticks, round_)
         with self._lock:
             targets = (
                 list(self._senders.values())
@@ -683,10 +731,11 @@ def shown(value: object, limit: int = 64) -> str:
 
 
 class RejectedUpdate(Exception):
-    def __init__(self, code: grpc.StatusCode, message: str):
+    def __init__(self, code: grpc.StatusCode, message: str, last_sequence: int | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.last_sequence = last_sequence
 
 
 class MalformedChunk:
@@ -839,6 +888,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                     invalid,
                     f"sequence {header.sequence} from {header.sender_id} is not after {last}: "
                     "duplicate or replayed update",
+                    last_sequence=last,
                 )
             # A sender silent through MAX_MEMBERS others is forgotten (churn
             # must not grow this); its sequences start from its clock anyway.
@@ -851,6 +901,8 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
     def _abort(self, context: grpc.ServicerContext, rejected: RejectedUpdate) -> None:
         self.node.count_rejection(rejected.code)
         log.warning("rejected update: %s", rejected.message)
+        if rejected.last_sequence is not None:
+            context.set_trailing_metadata(((LAST_SEQUENCE_KEY, str(rejected.last_sequence)),))
         context.abort(rejected.code, rejected.message)
 
     def Push(self, request_iterator, context):  # noqa: N802 (gRPC method name)

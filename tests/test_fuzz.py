@@ -364,6 +364,11 @@ class Aborted(Exception):
 
 
 class FakeContext:
+    trailing_metadata = ()
+
+    def set_trailing_metadata(self, metadata) -> None:
+        self.trailing_metadata = tuple(metadata)
+
     def abort(self, code: grpc.StatusCode, details: str):
         raise Aborted(code, details)
 

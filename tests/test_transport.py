@@ -579,6 +579,57 @@ def test_no_update_is_lost_to_a_push_stream_the_receiver_ended(plain_server, mon
         outbox.close()
 
 
+def test_no_update_is_lost_while_the_sender_backs_off_after_an_error(plain_server, monkeypatch):
+    """The sender waits before opening a new stream after a failed one; an
+    update queued meanwhile must wait for the new stream, not be taken by
+    the failed stream's request reader (which gRPC drops)."""
+    address, node = plain_server
+    calls = []
+    accept = node.deliver
+    monkeypatch.setattr(node, "deliver", lambda u: calls.append(u) or len(calls) > 1 and accept(u))
+    outbox = Outbox("run", "me", "a:1", grpc.insecure_channel, SPECS, min_send_interval_s=0.0)
+    outbox.set_neighbors({"receiver": address})
+    (sender,) = outbox.senders()
+    try:
+        outbox.send(GRADIENT, values(1.0), {"me": 1})  # refused: the stream is aborted
+        wait_until(lambda: sender.stats.errors == 1, 10)
+        outbox.send(GRADIENT, values(2.0), {"me": 2})  # within the 0.2 s back-off
+        wait_until(lambda: len(node.delivered) == 1, 10)
+        assert float(node.delivered[0].arrays[0].flat[0]) == 2.0
+    finally:
+        outbox.close()
+
+
+def test_a_peer_restarted_with_its_clock_set_back_is_heard_after_one_refusal(plain_server):
+    """Sequences start from the wall clock. A peer restarted (same member id)
+    with its clock an hour behind used to be refused by every neighbor for
+    that hour; the refusal now names the receiver's last sequence and the
+    sender goes on above it."""
+    address, node = plain_server
+    before = Outbox("run", "me", "a:1", grpc.insecure_channel, SPECS, min_send_interval_s=0.0)
+    before._sequence += 3_600 * 10**6  # an hour ahead
+    before.set_neighbors({"receiver": address})
+    try:
+        before.send(GRADIENT, values(1.0), {"me": 1})
+        wait_until(lambda: len(node.delivered) == 1, 10)
+    finally:
+        before.close()
+    after = Outbox("run", "me", "a:1", grpc.insecure_channel, SPECS, min_send_interval_s=0.0)
+    after.set_neighbors({"receiver": address})
+    (sender,) = after.senders()
+    try:
+        after.send(GRADIENT, values(2.0), {"me": 2})  # refused, with the last sequence
+        wait_until(lambda: sender.stats.errors == 1, 10)
+        for fill in (3.0, 4.0, 5.0):
+            after.send(GRADIENT, values(fill), {"me": int(fill)})
+            time.sleep(0.3)  # each on its own, not summed in the queue
+        wait_until(lambda: len(node.delivered) == 4, 10)
+        assert [float(u.arrays[0].flat[0]) for u in node.delivered] == [1.0, 3.0, 4.0, 5.0]
+        assert sender.stats.errors == 1
+    finally:
+        after.close()
+
+
 def test_the_training_thread_never_waits_for_a_sender_making_frames():
     busy = message(2)
     holding = threading.Event()
