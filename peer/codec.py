@@ -175,8 +175,8 @@ _bytes_data.restype = ctypes.c_void_p
 _bytes_data.argtypes = (ctypes.py_object,)
 
 
-def _new_message(head: bytes, payload_bytes: int) -> tuple[bytes, np.ndarray]:
-    """A new `bytes` of `head` followed by `payload_bytes` to fill, and a
+def _new_message(head: bytes, length: int) -> tuple[bytes, np.ndarray]:
+    """A new `bytes` of `head` followed by `length` bytes to fill, and a
     writable uint8 view of the part to fill.
 
     gRPC takes a message only as `bytes`; building it in place is what the
@@ -185,8 +185,8 @@ def _new_message(head: bytes, payload_bytes: int) -> tuple[bytes, np.ndarray]:
     so a converted chunk is written once instead of being converted into a
     buffer and copied. The view must be dropped before the message is shared.
     """
-    size = len(head) + payload_bytes
-    if payload_bytes <= 0:
+    size = len(head) + length
+    if length <= 0:
         return head, np.empty(0, np.uint8)
     message = _bytes_new(None, size)
     memory = np.frombuffer((ctypes.c_uint8 * size).from_address(_bytes_data(message)), np.uint8)
