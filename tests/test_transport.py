@@ -555,49 +555,46 @@ def test_an_fp16_update_beyond_its_range_arrives_scaled(plain_server, recipients
         np.testing.assert_allclose(got, sent, rtol=2**-10, atol=outbound.header.scale * 2**-14)
 
 
-def test_no_update_is_lost_to_a_push_stream_the_receiver_ended(plain_server, monkeypatch):
+@pytest.fixture
+def first_stream_refused(plain_server, monkeypatch) -> Iterator[tuple[Outbox, Node]]:
+    """An Outbox whose one neighbor refused its first update (aborting the
+    stream) and takes every later one."""
+    address, node = plain_server
+    calls = []
+    accept = node.deliver
+    monkeypatch.setattr(node, "deliver", lambda u: calls.append(u) or len(calls) > 1 and accept(u))
+    outbox = Outbox("run", "me", "a:1", grpc.insecure_channel, SPECS, min_send_interval_s=0.0)
+    outbox.set_neighbors({"receiver": address})
+    (sender,) = outbox.senders()
+    try:
+        outbox.send(GRADIENT, values(1.0), {"me": 1})  # refused: the stream is aborted
+        wait_until(lambda: sender.stats.errors == 1, 10)
+        yield outbox, node
+    finally:
+        outbox.close()
+
+
+def test_no_update_is_lost_to_a_push_stream_the_receiver_ended(first_stream_refused):
     """After the receiver aborts a stream, gRPC's thread reading that stream's
     requests may still wait for the next update: it must not take one (gRPC
     would drop it unsent and uncounted)."""
-    address, node = plain_server
-    calls = []
-    accept = node.deliver
-    monkeypatch.setattr(node, "deliver", lambda u: calls.append(u) or len(calls) > 1 and accept(u))
-    outbox = Outbox("run", "me", "a:1", grpc.insecure_channel, SPECS, min_send_interval_s=0.0)
-    outbox.set_neighbors({"receiver": address})
-    (sender,) = outbox.senders()
-    try:
-        outbox.send(GRADIENT, values(1.0), {"me": 1})  # refused: the stream is aborted
-        wait_until(lambda: sender.stats.errors == 1, 10)
-        time.sleep(0.5)  # a new stream waits for the next update
-        for fill in (2.0, 3.0, 4.0, 5.0):
-            outbox.send(GRADIENT, values(fill), {"me": int(fill)})
-            time.sleep(0.3)
-        got = lambda: sum(float(u.arrays[0].flat[0]) for u in node.delivered)  # noqa: E731
-        wait_until(lambda: got() == 14.0, 10)
-    finally:
-        outbox.close()
+    outbox, node = first_stream_refused
+    time.sleep(0.5)  # a new stream waits for the next update
+    for fill in (2.0, 3.0, 4.0, 5.0):
+        outbox.send(GRADIENT, values(fill), {"me": int(fill)})
+        time.sleep(0.3)
+    got = lambda: sum(float(u.arrays[0].flat[0]) for u in node.delivered)  # noqa: E731
+    wait_until(lambda: got() == 14.0, 10)
 
 
-def test_no_update_is_lost_while_the_sender_backs_off_after_an_error(plain_server, monkeypatch):
+def test_no_update_is_lost_while_the_sender_backs_off_after_an_error(first_stream_refused):
     """The sender waits before opening a new stream after a failed one; an
     update queued meanwhile must wait for the new stream, not be taken by
     the failed stream's request reader (which gRPC drops)."""
-    address, node = plain_server
-    calls = []
-    accept = node.deliver
-    monkeypatch.setattr(node, "deliver", lambda u: calls.append(u) or len(calls) > 1 and accept(u))
-    outbox = Outbox("run", "me", "a:1", grpc.insecure_channel, SPECS, min_send_interval_s=0.0)
-    outbox.set_neighbors({"receiver": address})
-    (sender,) = outbox.senders()
-    try:
-        outbox.send(GRADIENT, values(1.0), {"me": 1})  # refused: the stream is aborted
-        wait_until(lambda: sender.stats.errors == 1, 10)
-        outbox.send(GRADIENT, values(2.0), {"me": 2})  # within the 0.2 s back-off
-        wait_until(lambda: len(node.delivered) == 1, 10)
-        assert float(node.delivered[0].arrays[0].flat[0]) == 2.0
-    finally:
-        outbox.close()
+    outbox, node = first_stream_refused
+    outbox.send(GRADIENT, values(2.0), {"me": 2})  # within the 0.2 s back-off
+    wait_until(lambda: len(node.delivered) == 1, 10)
+    assert float(node.delivered[0].arrays[0].flat[0]) == 2.0
 
 
 def test_a_peer_restarted_with_its_clock_set_back_is_heard_after_one_refusal(plain_server):
