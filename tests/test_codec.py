@@ -210,11 +210,16 @@ def test_the_receiver_refuses_every_non_finite_half_and_takes_the_largest_finite
     assert codec.decode(payload, specs, name)[0].tolist() == expected.tolist()
 
 
-def test_the_sender_check_catches_overflow_of_either_sign_in_any_chunk():
+@pytest.mark.parametrize("prefix", [b"", b"abc"])  # an odd prefix leaves the halves unaligned
+def test_the_sender_check_catches_overflow_of_either_sign_in_any_chunk(prefix):
     for bad in (70000.0, -70000.0, np.nan, -np.inf):
         values = [np.zeros(10, np.float32), np.ones(7, np.float32)]
         values[1][5] = bad
         with pytest.raises(codec.F16Overflow):
-            list(codec.iter_frames(values, codec.F16, chunk_bytes=6, check_f16=True))
+            list(
+                codec.iter_frames(
+                    values, codec.F16, chunk_bytes=6, prefix=lambda n: prefix, check_f16=True
+                )
+            )
     frames = codec.frame_chunks([np.full(9, -65504.0, np.float32)], codec.F16, chunk_bytes=6)
     assert b"".join(frames) == bytes(codec.encode([np.full(9, -65504.0, np.float32)], codec.F16))
