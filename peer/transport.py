@@ -289,6 +289,11 @@ class OutboundMessage:
         info = UpdateInfo(**vars(self.info))
         return OutboundMessage(self.template, info, self.arrays, self.codec_name)
 
+    def unshared(self) -> OutboundMessage:
+        """This message if it goes to one neighbor only, else a `private_copy`:
+        one the calling sender may change."""
+        return self.private_copy() if self.recipients > 1 else self
+
     def absorb(self, newer: OutboundMessage) -> None:
         """Adds a newer summable update to this one, which nobody sends yet
         and only the caller can reach. The sum takes the newer sequence number
@@ -431,8 +436,7 @@ class NeighborSender:
             for queued in reversed(self._queue):
                 if queued.coalescible_with(message):
                     self._queue.remove(queued)
-                    if queued.recipients > 1:
-                        queued = queued.private_copy()
+                    queued = queued.unshared()
                     # Final from now on: the Outbox must not add later
                     # gradients to `message`, which this queue will not send.
                     queued.absorb(message.take())
@@ -488,15 +492,14 @@ class NeighborSender:
                 parts.append(self._queue.popleft().take())
             self.stats.queue_coalesced += len(parts)
         # Summed outside the lock: `offer`, on the training thread, needs it.
+        if parts:
+            message = message.unshared()
         for part in parts:
-            if message.recipients > 1:
-                message = message.private_copy()
             message.absorb(part)
         if message.info.sequence <= self._sent_sequence:
             # Queued before this stream went above it: a sequence of its
             # own, so the receiver sees them strictly increasing.
-            if message.recipients > 1:
-                message = message.private_copy()
+            message = message.unshared()
             message.info.sequence = self._sequence_above(self._sent_sequence)
         return message
 
