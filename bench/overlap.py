@@ -77,13 +77,16 @@ def wait_for(predicate, timeout: float, what: str) -> None:
     raise RuntimeError(f"timed out waiting for {what}")
 
 
-def thread_times(pid: int) -> dict[int, tuple[float, float]]:
-    """tid -> (seconds on a core, seconds runnable but waiting for a core)."""
+def thread_times(pid: int) -> dict[int, tuple[float, float, int]]:
+    """tid -> (seconds on a core, seconds runnable but waiting for a core,
+    times it blocked: voluntary context switches)."""
     times = {}
     for tid in os.listdir(f"/proc/{pid}/task"):
-        with contextlib.suppress(OSError, ValueError):
+        with contextlib.suppress(OSError, ValueError, IndexError):
             on_core, waiting, _ = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
-            times[int(tid)] = (int(on_core) / 1e9, int(waiting) / 1e9)
+            status = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+            blocked = int(status.split("\nvoluntary_ctxt_switches:")[1].split()[0])
+            times[int(tid)] = (int(on_core) / 1e9, int(waiting) / 1e9, blocked)
     return times
 
 
@@ -97,14 +100,11 @@ def window(address: str, pid: int, seconds: float) -> dict[str, float]:
     threads_after = thread_times(pid)
     elapsed = t1 - t0
     deltas = {
-        tid: (
-            on - threads_before.get(tid, (0.0, 0.0))[0],
-            wait - threads_before.get(tid, (0, 0))[1],
-        )
-        for tid, (on, wait) in threads_after.items()
+        tid: tuple(now - then for now, then in zip(times, threads_before.get(tid, (0.0, 0.0, 0))))
+        for tid, times in threads_after.items()
     }
     # The training thread is the one that ran most.
-    trainer_on_core, trainer_waiting = max(deltas.values())
+    trainer_on_core, trainer_waiting, trainer_blocks = max(deltas.values())
     samples_per_s = (last.step - first.step) * BATCH_SIZE / elapsed
 
     def sent(s: peer_pb2.StatusResponse, field: str) -> int:
@@ -119,7 +119,10 @@ def window(address: str, pid: int, seconds: float) -> dict[str, float]:
         "trainer_on_core": trainer_on_core / elapsed,
         "trainer_waiting_for_core": trainer_waiting / elapsed,
         "trainer_blocked": 1 - (trainer_on_core + trainer_waiting) / elapsed,
-        "process_cores": sum(on for on, _ in deltas.values()) / elapsed,
+        # Each is a wait, in practice for the interpreter lock another thread
+        # took while a torch op had let go of it.
+        "trainer_blocks_per_s": trainer_blocks / elapsed,
+        "process_cores": sum(d[0] for d in deltas.values()) / elapsed,
         "sent_mb_per_s": (last.bytes_sent - first.bytes_sent) / elapsed / 1e6,
         "updates_sent_per_s": (sent(last, "updates_sent") - sent(first, "updates_sent")) / elapsed,
         "coalesced_per_s": (sent(last, "coalesced") - sent(first, "coalesced")) / elapsed,
@@ -252,7 +255,8 @@ def report(result: dict) -> None:
         f"{a['trainer_on_core']:.2f}/{a['trainer_waiting_for_core']:.2f}/"
         f"{a['trainer_blocked']:.2f}, with neighbors {w['trainer_on_core']:.2f}/"
         f"{w['trainer_waiting_for_core']:.2f}/{w['trainer_blocked']:.2f}; "
-        f"P used {a['process_cores']:.2f} then {w['process_cores']:.2f} cores",
+        f"it blocked {a['trainer_blocks_per_s']:.0f} then {w['trainer_blocks_per_s']:.0f} "
+        f"times/s; P used {a['process_cores']:.2f} then {w['process_cores']:.2f} cores",
         flush=True,
     )
 

@@ -540,8 +540,15 @@ class NeighborSender:
                 continue
             try:
                 try:
-                    self._call = self._push.future(self._requests(first, self._stream))
-                    self._call.result()
+                    self._call = call = self._push.future(self._requests(first, self._stream))
+                    # Not call.result() alone: it waits on the call's
+                    # condition, which gRPC notifies on every message sent,
+                    # so this thread would wake (and take the interpreter
+                    # lock from the trainer) once per message for nothing.
+                    finished = threading.Event()
+                    call.add_done_callback(lambda _call, done=finished: done.set())
+                    finished.wait()
+                    call.result()
                 finally:
                     # Before any back-off: what is queued meanwhile waits
                     # for the next stream.
