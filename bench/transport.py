@@ -512,8 +512,14 @@ def main() -> None:
     def gbps(variant: str, copies: int = 1) -> float:
         return copies * moved / min(times[variant]) / 1e9
 
+    def slower(variant: str, than: str) -> float:
+        """Median over repeats of `variant`'s round time over the round time of
+        `than` in the same repeat: how many times faster `than` went, less
+        swayed by the machine's mood than best against best."""
+        return float(np.median([v / t for v, t in zip(times[variant], times[than])]))
+
     def paired(baseline: str) -> float:
-        return float(np.median([b / p for p, b in zip(times["push"], times[baseline])]))
+        return slower(baseline, "push")
 
     def params_per_s(variant: str) -> float:
         return args.pushes * payload.params / min(times[variant])
@@ -554,6 +560,7 @@ def main() -> None:
         if name in times:
             result[f"{name}_wire_gbps"] = gbps(name) / 2
             result[f"{name}_params_ratio"] = params_per_s(name) / params_per_s("push")
+            result[f"{name}_paired_params_ratio"] = slower("push", name)
     if "fanout" in times:
         result["fanout_neighbors"] = args.fanout
         result["fanout_total_gbps"] = gbps("fanout", args.fanout)
@@ -593,7 +600,8 @@ def main() -> None:
             print(
                 f"  push {name:25s} {params_per_s(name) / 1e6:6.0f} M params/s "
                 f"({result[f'{name}_params_ratio']:.2f}x raw float32's "
-                f"{params_per_s('push') / 1e6:.0f} M/s)   "
+                f"{params_per_s('push') / 1e6:.0f} M/s, paired median "
+                f"{result[f'{name}_paired_params_ratio']:.2f}x)   "
                 f"{result['cpu_s_per_gb'][name]:.2f} CPU s/GB of float32"
             )
     if "fanout" in times:
