@@ -486,6 +486,34 @@ def test_a_paced_sender_delivers_every_gradient_in_fewer_messages(plain_server):
     np.testing.assert_array_equal(total, 10.0)
 
 
+def voluntary_switches(native_id: int) -> int:
+    """How many times the thread has blocked (Linux's count for it)."""
+    with open(f"/proc/self/task/{native_id}/status") as status:
+        return int(status.read().split("\nvoluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_a_sender_thread_sleeps_while_its_stream_carries_updates(plain_server):
+    """The updates of an open Push stream go out on gRPC's threads; the
+    sender thread must not wake for each of them: every wake of a thread
+    takes the interpreter lock from the training thread."""
+    address, node = plain_server
+    outbox = Outbox("run", "me", "a:1", make_channel, SPECS, min_send_interval_s=0, max_send_rate=0)
+    outbox.set_neighbors({"receiver": address})
+    try:
+        outbox.send(GRADIENT, values(1.0), {"me": 0})
+        wait_until(lambda: node.delivered, 10, interval=0.005)
+        sender = outbox.senders()[0]._thread
+        before = voluntary_switches(sender.native_id)
+        for step in range(1, 101):  # each its own message: sent before the next
+            outbox.send(GRADIENT, values(1.0), {"me": step})
+            wait_until(lambda n=step + 1: len(node.delivered) >= n, 10, interval=0.001)
+        woke = voluntary_switches(sender.native_id) - before
+    finally:
+        outbox.close()
+    assert len(node.delivered) == 101
+    assert woke < 10, f"the sender thread woke {woke} times for 100 messages"
+
+
 def test_the_send_rate_is_shared_by_all_neighbors():
     outbox = Outbox("run", "me", "a:1", make_channel, SPECS, max_send_rate=10.0)
     assert outbox.send_interval_s(1) == pytest.approx(0.1)
