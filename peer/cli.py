@@ -12,11 +12,52 @@ import threading
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from dasgd.v1 import peer_pb2, peer_pb2_grpc
 from peer.config import add_flags, load_config
 from rpc import Security, make_channel
 from rpc.server import InsecureListenError, check_listen_address
+
+_WIDE_INTS = frozenset(
+    {
+        FieldDescriptor.TYPE_INT64,
+        FieldDescriptor.TYPE_UINT64,
+        FieldDescriptor.TYPE_SINT64,
+        FieldDescriptor.TYPE_FIXED64,
+        FieldDescriptor.TYPE_SFIXED64,
+    }
+)
+
+
+def as_plain_dict(message) -> dict:
+    """`MessageToDict` with every field shown and 64-bit integers as JSON
+    numbers. The proto3 JSON mapping writes those as strings (for
+    JavaScript's doubles); someone piping `status --json` into jq or a
+    script wants `"step": 1234`, and every count here is far below 2**53."""
+    data = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    _wide_ints_to_numbers(message.DESCRIPTOR, data)
+    return data
+
+
+def _wide_ints_to_numbers(descriptor: Descriptor, data: dict) -> None:
+    for field in descriptor.fields:
+        if field.json_name not in data:
+            continue
+        value = data[field.json_name]
+        kind = field.message_type
+        if kind is not None and kind.GetOptions().map_entry:
+            entry = kind.fields_by_name["value"]
+            if entry.type in _WIDE_INTS:
+                data[field.json_name] = {k: int(v) for k, v in value.items()}
+            elif entry.message_type is not None:
+                for item in value.values():
+                    _wide_ints_to_numbers(entry.message_type, item)
+        elif kind is not None:
+            for item in value if field.is_repeated else [value]:
+                _wide_ints_to_numbers(kind, item)
+        elif field.type in _WIDE_INTS:
+            data[field.json_name] = [int(v) for v in value] if field.is_repeated else int(value)
 
 
 def _client_security_flags(parser: argparse.ArgumentParser) -> None:
@@ -132,7 +173,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             peer_pb2.StatusRequest(), timeout=args.timeout
         )
     if args.json:
-        print(json_format.MessageToJson(status, always_print_fields_with_no_presence=True))
+        print(json.dumps(as_plain_dict(status), indent=2))
     else:
         print(_format_status(status))
     return 0
@@ -144,7 +185,7 @@ def cmd_peers(args: argparse.Namespace) -> int:
             peer_pb2.ListPeersRequest(), timeout=args.timeout
         )
     if args.json:
-        print(json.dumps([json_format.MessageToDict(m) for m in response.members], indent=2))
+        print(json.dumps([as_plain_dict(m) for m in response.members], indent=2))
     else:
         for m in sorted(response.members, key=lambda m: m.id):
             print(f"{m.id:<14}{m.address:<24}{m.run_id}")

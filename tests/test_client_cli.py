@@ -5,7 +5,7 @@ import socket
 import grpc
 
 from dasgd.v1 import peer_pb2
-from peer.cli import _format_status, _hint, build_parser
+from peer.cli import _format_status, _hint, as_plain_dict, build_parser
 from tests.conftest import peer_cli
 
 
@@ -33,3 +33,18 @@ def test_hints_for_a_missing_token_and_a_missing_client_certificate():
     assert "--token-file" in _hint(grpc.StatusCode.UNAUTHENTICATED, args)
     assert "--tls-cert/--tls-key" in _hint(grpc.StatusCode.UNAVAILABLE, args)
     assert _hint(grpc.StatusCode.INVALID_ARGUMENT, args) == ""
+
+
+def test_status_json_gives_64_bit_counts_as_numbers():
+    status = peer_pb2.StatusResponse(id="p-1", step=2**40, bytes_sent=7)
+    status.vector_clock["p-2"] = 12
+    status.staleness.max = 3
+    status.neighbors.add(id="p-2", updates_sent=5, staleness=peer_pb2.StalenessStats(max=4))
+    shown = as_plain_dict(status)
+    assert shown["step"] == 2**40 and shown["bytesSent"] == 7
+    assert shown["vectorClock"] == {"p-2": 12}
+    assert shown["staleness"]["max"] == 3 and shown["staleness"]["count"] == 0
+    neighbor = shown["neighbors"][0]
+    assert neighbor["updatesSent"] == 5 and neighbor["staleness"]["max"] == 4
+    assert shown["updatesApplied"] == 0  # every field shown, zero included
+    assert shown["id"] == "p-1"
