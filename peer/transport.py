@@ -83,6 +83,10 @@ MIN_SEND_INTERVAL_S = 0.01
 MAX_SEND_RATE = 100.0
 # Room for the tag and length of a data chunk within one gRPC message.
 MAX_CHUNK_BYTES = MAX_MESSAGE_BYTES - 16
+# Sequences, rounds and vector clock entries a peer takes from others stay
+# below this, so the counts it adds to them never leave uint64 (a header
+# with round 2**64 - 1 would otherwise make the next round unsendable).
+MAX_COUNTER = 1 << 62
 # Trailing metadata of a Push refused for its sequence: the last sequence the
 # receiver has from that sender, so the sender can go on above it.
 LAST_SEQUENCE_KEY = "dasgd-last-sequence"
@@ -335,13 +339,28 @@ class OutboundMessage:
         return merged
 
 
+def out_of_range_counter(header: peer_pb2.UpdateHeader) -> str:
+    """Why a header's round, sequence or clock is out of range ("" if not)."""
+    if header.round >= MAX_COUNTER:
+        return f"round {header.round} out of range (at most {MAX_COUNTER - 1})"
+    if header.sequence >= MAX_COUNTER:
+        return f"sequence {header.sequence} out of range (at most {MAX_COUNTER - 1})"
+    for member, count in header.vector_clock.items():
+        if count >= MAX_COUNTER:
+            return (
+                f"vector clock entry {shown(member)}: {count} out of range "
+                f"(at most {MAX_COUNTER - 1})"
+            )
+    return ""
+
+
 def _last_sequence_of(error: grpc.RpcError) -> int | None:
     """The receiver's last sequence from us, if it refused a Push for its sequence."""
     trailing = getattr(error, "trailing_metadata", lambda: None)() or ()
     for key, value in trailing:
         if key == LAST_SEQUENCE_KEY:
             try:
-                return min(int(value), 1 << 62)  # room to go on above it
+                return min(int(value), MAX_COUNTER)  # room to go on above it
             except ValueError:
                 return None
     return None
@@ -868,6 +887,9 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             raise RejectedUpdate(invalid, f"clock_ticks {header.clock_ticks} out of range")
         if not (np.isfinite(header.scale) and 0 <= abs(header.scale) < 1e30):
             raise RejectedUpdate(invalid, f"scale {header.scale} is not a usable factor")
+        counter_error = out_of_range_counter(header)
+        if counter_error:
+            raise RejectedUpdate(invalid, counter_error)
         local = node.specs
         if len(header.tensors) != len(local):
             raise RejectedUpdate(
@@ -1082,6 +1104,8 @@ def pull_model(
                 raise codec.DecodeError("pulled model does not match the local model's tensors")
             if header.codec not in CODEC_FROM_WIRE:
                 raise codec.DecodeError(f"pulled model uses unknown codec {header.codec}")
+            if out_of_range_counter(header):
+                raise codec.DecodeError(f"pulled model: {out_of_range_counter(header)}")
             assembler = codec.Assembler(
                 specs, CODEC_FROM_WIRE[header.codec], header.total_bytes, header.scale or 1.0
             )

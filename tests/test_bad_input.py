@@ -312,6 +312,23 @@ def test_clock_ticks_out_of_range(target: Target, ticks: int):
     target.expect_push_rejected(target.update(clock_ticks=ticks), INVALID, "clock_ticks")
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"round": 2**62},
+        {"round": 2**64 - 1},
+        {"sequence": 2**64 - 1},
+        {"vector_clock": {SENDER: 1, "anyone": 2**64 - 1}},
+    ],
+    ids=["round-2^62", "round-max", "sequence-max", "clock-max"],
+)
+def test_counters_that_would_overflow_when_counted_on(target: Target, fields: dict):
+    # Accepted, a round of 2**64 - 1 would make this peer's next round (and
+    # a clock entry that big its next tick) unsendable as uint64.
+    name = next(iter(fields)).replace("_", " ")
+    target.expect_push_rejected(target.update(**fields), INVALID, name, "out of range")
+
+
 # --- Push: payload checks ----------------------------------------------------------
 
 
