@@ -404,8 +404,11 @@ class NeighborSender:
         link_up: Callable[[], bool] = lambda: True,
         min_interval_s: float = MIN_SEND_INTERVAL_S,
         sequence_above: Callable[[int], int] | None = None,
+        release_due: Callable[[], None] = lambda: None,
     ):
         self.member_id = member_id
+        # Lets the Outbox's held broadcast out once it is due (`Outbox.send`).
+        self._release_due = release_due
         # A fresh sequence above the given one, from the Outbox's counter.
         self._sequence_above = sequence_above or (lambda floor: floor + 1)
         # The highest sequence this stream carried, or the receiver has.
@@ -490,6 +493,10 @@ class NeighborSender:
         """The next update to send (what queued behind it summed in), or None
         after `timeout`, on close, or once `stream` (a generation of the Push
         stream) has ended: gRPC would drop what an ended stream takes."""
+        # Every sender comes here once its pause after a broadcast is over,
+        # which is when the Outbox's next one is due: should the trainer
+        # have stopped sending meanwhile, what it holds goes out now.
+        self._release_due()
         with self._cond:
             end = time.monotonic() + timeout
             while True:
@@ -641,6 +648,10 @@ class Outbox:
         # The last summable broadcast and whom it went to, while no sender
         # has taken it.
         self._waiting: tuple[OutboundMessage, list[NeighborSender]] | None = None
+        # The summable broadcast held back until it is due, and its targets
+        # (see `send`).
+        self._held: tuple[OutboundMessage, list[NeighborSender]] | None = None
+        self._next_release = 0.0
         self._lock = threading.Lock()
         # Strictly increasing across restarts of this peer, so receivers can
         # refuse replays without remembering incarnations; should the clock
@@ -677,6 +688,7 @@ class Outbox:
                         link_up=lambda mid=mid: self._link_up(mid),
                         min_interval_s=interval,
                         sequence_above=self._sequence_above,
+                        release_due=self.release_due,
                     )
             for sender in self._senders.values():
                 sender.min_interval_s = interval
@@ -699,15 +711,23 @@ class Outbox:
         """Hands an update to the senders; on the trainer's thread, so it only
         queues (the header is made and the arrays encoded by the senders).
 
-        A summable broadcast that arrives while the previous one still waits
-        for every sender is added into it: one sum for all neighbors instead
-        of a message per step per neighbor, and no sender falls further
-        behind.
+        Summable broadcasts (gradients, deltas) are summed here, on the
+        trainer's thread, into one message per send interval, which goes to
+        every neighbor at once when it is due. A sender that took a
+        broadcast while the others were still busy with the last one would
+        otherwise leave them two messages to sum on their threads, and each
+        such sum takes the interpreter lock from the trainer a few more
+        times. A broadcast that has gone out but that no sender has taken
+        yet (all are behind) is summed into as well: one sum for all
+        neighbors, and none falls further behind. Other updates go out at
+        once.
         """
         with self._sequence_lock:
             self._sequence += 1
             sequence = self._sequence
         info = UpdateInfo(kind, sequence, clock, clock_ticks, round_)
+        now = time.monotonic()
+        offers: list[tuple[OutboundMessage, list[NeighborSender]]] = []
         with self._lock:
             targets = (
                 list(self._senders.values())
@@ -715,27 +735,72 @@ class Outbox:
                 else [s for mid, s in self._senders.items() if mid == to]
             )
             if not targets:  # alone: nothing to keep, or to sum into
-                self._waiting = None
+                self._waiting = self._held = None
                 return
             message = OutboundMessage(
                 self._template, info, arrays, self.codec_name, recipients=len(targets)
             )
-            waiting = self._waiting
-            if (
-                to is None
-                and waiting is not None
-                and waiting[1] == targets
-                and waiting[0].coalescible_with(message)
-                and waiting[0].try_absorb(message)
-            ):
-                for sender in targets:
-                    sender.count_coalesced()
-                return
-            self._waiting = (message, targets) if to is None and kind in SUMMABLE else None
+            if to is not None or kind not in SUMMABLE:
+                # In order: a held broadcast was made before this update.
+                offers += self._take_due(now, force=True)
+                offers.append((message, targets))
+                self._waiting = None
+            elif self._summed_into(self._waiting, message, targets, shared=True):
+                pass
+            elif not self._summed_into(self._held, message, targets, shared=False):
+                if self._held is not None:  # other neighbors or round: out now
+                    offers.append(self._held)
+                self._held = (message, targets)
+            offers += self._take_due(now)
+        for message, targets in offers:
+            for sender in targets:
+                sender.offer(message)
+
+    @staticmethod
+    def _summed_into(
+        entry: tuple[OutboundMessage, list[NeighborSender]] | None,
+        message: OutboundMessage,
+        targets: list[NeighborSender],
+        shared: bool,
+    ) -> bool:
+        """Adds `message` into `entry`'s message if that goes to the same
+        neighbors and sums with it. `shared`: the senders can reach it, so
+        only while none has taken it."""
+        if entry is None or entry[1] != targets or not entry[0].coalescible_with(message):
+            return False
+        if shared:
+            if not entry[0].try_absorb(message):
+                return False
+        else:
+            entry[0].absorb(message)
         for sender in targets:
-            sender.offer(message)
+            sender.count_coalesced()
+        return True
+
+    def _take_due(
+        self, now: float, force: bool = False
+    ) -> list[tuple[OutboundMessage, list[NeighborSender]]]:
+        """The held broadcast, if it is due (or `force`); under self._lock."""
+        if self._held is None or (now < self._next_release and not force):
+            return []
+        held, self._held = self._held, None
+        self._waiting = held
+        self._next_release = now + self.send_interval_s(len(held[1]))
+        return [held]
+
+    def release_due(self, force: bool = False) -> None:
+        """Offers the held broadcast if it is due (now, with `force`)."""
+        if self._held is None:  # read without the lock: a miss waits one pause
+            return
+        with self._lock:
+            due = self._take_due(time.monotonic(), force)
+        for message, targets in due:
+            for sender in targets:
+                sender.offer(message)
 
     def close(self, flush_timeout: float = 0.0) -> None:
+        if flush_timeout > 0:
+            self.release_due(force=True)
         with self._lock:
             senders = list(self._senders.values())
             self._senders.clear()

@@ -53,10 +53,14 @@ def values(fill: float) -> list[np.ndarray]:
     return [np.full(s.shape, fill, dtype=np.float32) for s in SPECS]
 
 
+# No send interval: every update is offered to the senders as it is sent.
+UNPACED = {"min_send_interval_s": 0.0, "max_send_rate": 0.0}
+
+
 @pytest.fixture
 def paused_outbox() -> Iterator[Outbox]:
-    """An outbox with one neighbor whose link is down: nothing leaves the
-    queue, so its contents show exactly what `offer` did."""
+    """An outbox with one neighbor whose link is down and no send interval:
+    nothing leaves the queue, so its contents show exactly what `offer` did."""
     outbox = Outbox(
         "run",
         "me",
@@ -65,6 +69,7 @@ def paused_outbox() -> Iterator[Outbox]:
         SPECS,
         max_queue=2,
         link_up=lambda member_id: False,
+        **UNPACED,
     )
     outbox.set_neighbors({"n1": f"127.0.0.1:{closed_port()}"})
     yield outbox
@@ -122,7 +127,7 @@ def test_a_neighbor_with_a_full_queue_gets_every_gradient_summed_in():
     outbox: later gradients must not be added to it, or that neighbor never
     gets them."""
     outbox = Outbox(
-        "run", "me", "a:1", grpc.insecure_channel, SPECS, link_up=lambda member_id: False
+        "run", "me", "a:1", grpc.insecure_channel, SPECS, link_up=lambda member_id: False, **UNPACED
     )
     outbox.set_neighbors({"fast": f"127.0.0.1:{closed_port()}"})
     fast = outbox.senders()[0]
@@ -164,6 +169,94 @@ def test_a_gradient_a_sender_has_taken_is_final(paused_outbox: Outbox):
     paused_outbox.send(GRADIENT, values(2.0), {"me": 2})
     assert [m.arrays[0][0, 0] for m in queued(paused_outbox)] == [1.0, 2.0]
     assert first.header.sequence < queued(paused_outbox)[1].header.sequence
+
+
+def test_gradients_within_a_send_interval_go_to_every_neighbor_as_one_message():
+    """Summed on the trainer's thread and offered to every neighbor at once
+    when due, so no sender is left two messages to sum on its own thread."""
+    outbox = Outbox(
+        "run", "me", "a:1", grpc.insecure_channel, SPECS, link_up=lambda member_id: False
+    )
+    outbox.set_neighbors({f"n{i}": f"127.0.0.1:{closed_port()}" for i in range(3)})
+
+    def queues() -> list[list[OutboundMessage]]:
+        return [list(sender._queue) for sender in outbox.senders()]
+
+    try:
+        outbox.send(GRADIENT, values(1.0), {"me": 1})  # the first goes out at once
+        (first,) = queues()[0]
+        first.take()  # a sender starts on it
+        outbox.send(GRADIENT, values(2.0), {"me": 2})
+        outbox.send(GRADIENT, values(3.0), {"me": 3})
+        assert [len(q) for q in queues()] == [1, 1, 1]  # held back: not yet due
+        outbox._next_release = 0.0  # as if the send interval had passed
+        outbox.send(GRADIENT, values(4.0), {"me": 4})
+        assert [len(q) for q in queues()] == [2, 2, 2]
+        merged = queues()[0][1]
+        assert all(q[1] is merged for q in queues())  # one message, encoded once
+        np.testing.assert_array_equal(merged.arrays[0], 9.0)
+        assert merged.header.clock_ticks == 3
+        assert [s.stats.coalesced for s in outbox.senders()] == [2, 2, 2]
+        assert [s.stats.queue_coalesced for s in outbox.senders()] == [0, 0, 0]
+    finally:
+        outbox.close()
+
+
+def test_a_held_gradient_goes_before_a_later_model():
+    outbox = Outbox(
+        "run", "me", "a:1", grpc.insecure_channel, SPECS, link_up=lambda member_id: False
+    )
+    outbox.set_neighbors({"n1": f"127.0.0.1:{closed_port()}"})
+    try:
+        outbox.send(GRADIENT, values(1.0), {"me": 1})
+        queued(outbox)[0].take()
+        outbox.send(GRADIENT, values(2.0), {"me": 2})  # held
+        assert len(queued(outbox)) == 1
+        outbox.send(MODEL, values(3.0), {"me": 3})
+        assert [m.arrays[0][0, 0] for m in queued(outbox)] == [1.0, 2.0, 3.0]
+    finally:
+        outbox.close()
+
+
+def test_a_held_gradient_goes_out_when_the_trainer_stops_sending(plain_server):
+    address, node = plain_server
+    outbox = Outbox("run", "me", "a:1", make_channel, SPECS, min_send_interval_s=1.0)
+    outbox.set_neighbors({"receiver": address})
+    try:
+        outbox.send(GRADIENT, values(1.0), {"me": 1})
+        assert wait_until(lambda: node.delivered, 10)
+        outbox.send(GRADIENT, values(2.0), {"me": 2})
+        assert outbox._held is not None  # not due for 1 s
+        assert wait_until(lambda: sum(u.clock_ticks for u in node.delivered) == 2, 10)
+    finally:
+        outbox.close()
+    assert [u.arrays[0][0, 0] for u in node.delivered] == [1.0, 2.0]
+
+
+def test_senders_of_a_trainer_sending_every_step_do_not_sum():
+    """With the default send rate, 3 neighbors and a gradient every ms, the
+    senders take each broadcast as it was summed: sums on a sender's thread
+    (1.7 per message sent, before broadcasts were held back until due) each
+    take the interpreter lock from the trainer a few more times."""
+    with contextlib.ExitStack() as stack:
+        served = [stack.enter_context(serving_node()) for _ in range(3)]
+        outbox = Outbox("run", "me", "a:1", make_channel, SPECS)
+        outbox.set_neighbors({f"n{i}": address for i, (address, _) in enumerate(served)})
+        senders = outbox.senders()
+        try:
+            end = time.monotonic() + 1.5
+            step = 0
+            while time.monotonic() < end:
+                step += 1
+                outbox.send(GRADIENT, values(1.0), {"me": step})
+                time.sleep(0.001)
+        finally:
+            outbox.close(flush_timeout=5)
+        for _, node in served:
+            assert sum(u.clock_ticks for u in node.delivered) == step
+    stats = [sender.stats for sender in senders]
+    assert all(s.sent >= 10 for s in stats), stats
+    assert sum(s.queue_coalesced for s in stats) <= sum(s.sent for s in stats) // 5, stats
 
 
 def test_gradients_queued_behind_each_other_leave_as_one():
