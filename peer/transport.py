@@ -76,10 +76,11 @@ INLINE_PAYLOAD_TAG = 13 << 3 | 2
 # real models are far longer than this, and for them it changes nothing.
 MIN_SEND_INTERVAL_S = 0.01
 # And all streams together start at most this many updates per second: each
-# costs ~0.4 ms of interpreter-lock time however small it is, so with K
-# neighbors a fast trainer would otherwise lose K x 4% of its time at one
-# update per 10 ms per stream (bench/overlap.py). 100/s keeps that near 4%;
-# with K neighbors each stream sends at most every K/100 s.
+# costs ~0.3 ms of interpreter-lock time however small it is, so with K
+# neighbors a fast trainer would otherwise lose K x 3% of its time at one
+# update per 10 ms per stream (bench/overlap.py, bench/sender_cost.py).
+# 100/s keeps that near 3%; with K neighbors each stream sends at most every
+# K/100 s.
 MAX_SEND_RATE = 100.0
 # Room for the tag and length of a data chunk within one gRPC message.
 MAX_CHUNK_BYTES = MAX_MESSAGE_BYTES - 16
