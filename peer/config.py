@@ -6,11 +6,25 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import tomllib
+
+# Names checked here, before torch is imported; peer.strategies.REGISTRY and
+# peer.workloads.BUILTIN hold what they stand for (a test keeps them equal).
+STRATEGY_NAMES = ("dasgd", "average", "easgd", "aeasgd", "downpour", "adag", "dynsgd", "gossip")
+WORKLOAD_NAMES = ("digits-mlp", "digits-wide")
+
+
+def _importable(module: str) -> bool:
+    """Whether `module` can be found, without running it (it may import torch)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 def _opt(default: Any, help: str, **extra: Any) -> Any:
@@ -99,6 +113,18 @@ class PeerConfig:
         from peer.topology import TOPOLOGIES
 
         self.shard_pair()
+        if self.strategy not in STRATEGY_NAMES:
+            raise ValueError(
+                f"--strategy {self.strategy!r}: choose one of {', '.join(sorted(STRATEGY_NAMES))}"
+            )
+        module, sep, factory = self.workload.partition(":")
+        if self.workload not in WORKLOAD_NAMES and not (sep and module and factory):
+            raise ValueError(
+                f"--workload {self.workload!r}: use one of {', '.join(WORKLOAD_NAMES)} "
+                "or module:factory"
+            )
+        if sep and not _importable(module):
+            raise ValueError(f"--workload {self.workload!r}: no module {module!r} to import")
         if self.compression not in CODECS:
             raise ValueError(f"--compression {self.compression!r}: choose {', '.join(CODECS)}")
         if self.topology not in TOPOLOGIES:

@@ -24,7 +24,7 @@ from pathlib import Path
 import grpc
 
 from dasgd.v1 import peer_pb2, peer_pb2_grpc
-from peer.config import PeerConfig
+from peer.config import PeerConfig, load_config
 from peer.forkserver import die_with_parent
 from rpc import Security, make_channel
 
@@ -356,6 +356,11 @@ def run_local(args: argparse.Namespace) -> int:
     workload = getattr(args, "workload", "digits-mlp")
     args.workload = workload
     args.strategy = getattr(args, "strategy", "dasgd")
+    try:
+        load_config(args)  # the peers' flags, checked before any process starts
+    except (ValueError, OSError) as error:
+        print(f"dasgd-peer local: {error}", file=sys.stderr)
+        return 2
     run_id = getattr(args, "run_id", None) or f"local-{uuid.uuid4().hex[:6]}"
     log_dir = Path(args.log_dir or tempfile.mkdtemp(prefix="dasgd-local-"))
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -156,3 +156,45 @@ def test_peer_help_shows_each_default_once_and_its_environment_variable():
         if flag.startswith("--") and flag != "--help":
             name = flag[2:].removeprefix("no-").replace("-", "_").upper()
             assert f"[env DASGD_{name}]" in action.help, (flag, action.help)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--workload", "nope"], "--workload 'nope': use one of digits-mlp, digits-wide or"),
+        (["--workload", "nosuch.mod:make"], "--workload 'nosuch.mod:make': no module 'nosuch.mod'"),
+        (["--strategy", "bogus"], "--strategy 'bogus': choose one of adag, aeasgd, average"),
+        (["--compression", "zip"], "--compression 'zip': choose raw, fp16, bf16"),
+    ],
+)
+def test_local_refuses_a_bad_peer_flag_before_starting_anything(
+    flags: list[str], message: str, tmp_path: Path
+):
+    # Before: the bootstrap and the peers started, and the launcher printed
+    # the tail of a peer's log (its whole config) seconds later.
+    logs = tmp_path / "logs"
+    result = cli("peer.cli", "local", "--peers", "2", "--log-dir", str(logs), *flags, timeout=60)
+    assert result.returncode == 2
+    assert_one_clear_line(result, "dasgd-peer local", message)
+    assert not logs.exists() or not any(logs.iterdir()), "a process was started"
+
+
+def test_a_workload_factory_that_is_missing_is_named_without_a_traceback():
+    # Before: ModuleNotFoundError / AttributeError tracebacks from the daemon.
+    result = cli(
+        *DAEMONS["dasgd-peer"], "--listen", "127.0.0.1:0", "--workload", "peer.workloads:nothing",
+        timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert_one_clear_line(
+        result, "dasgd-peer", "workload 'peer.workloads:nothing': 'peer.workloads' has no factory"
+    )
+
+
+def test_the_names_checked_before_torch_are_the_registries():
+    from peer.config import STRATEGY_NAMES, WORKLOAD_NAMES
+    from peer.strategies import REGISTRY
+    from peer.workloads import BUILTIN
+
+    assert sorted(STRATEGY_NAMES) == sorted(REGISTRY)
+    assert sorted(WORKLOAD_NAMES) == sorted(BUILTIN)

@@ -59,5 +59,11 @@ def load_workload(
         raise ValueError(
             f"unknown workload {spec!r}: use one of {', '.join(BUILTIN)} or module:factory"
         )
-    factory = getattr(importlib.import_module(module_name), factory_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"workload {spec!r}: cannot import {module_name!r}: {error}") from error
+    factory = getattr(module, factory_name, None)
+    if not callable(factory):
+        raise ValueError(f"workload {spec!r}: {module_name!r} has no factory {factory_name!r}")
     return factory(shard_index=shard_index, shard_count=shard_count, **kwargs)
