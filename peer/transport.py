@@ -304,17 +304,28 @@ class OutboundMessage:
         and only the caller can reach. The sum takes the newer sequence number
         and, per member, the older clock entry (it is as stale as its oldest
         part)."""
-        mine, theirs = self.info, newer.info
-        mine.clock = {
-            member: min(mine.clock.get(member, 0), theirs.clock.get(member, 0))
-            for member in mine.clock.keys() | theirs.clock.keys()
-        }
-        mine.clock_ticks += theirs.clock_ticks
-        mine.sequence = theirs.sequence
+        theirs = newer.info
+        self.add(newer.arrays, theirs.clock, theirs.clock_ticks, theirs.sequence)
+
+    def add(
+        self, arrays: list[np.ndarray], clock: dict[str, int], clock_ticks: int, sequence: int
+    ) -> None:
+        """`absorb` of an update given by its parts (no message made for it)."""
+        mine = self.info
+        older = mine.clock
+        # A peer's clock only grows, so the newer clock is usually at or
+        # above the older one everywhere and the sum keeps the older clock.
+        if clock.keys() != older.keys() or any(clock[m] < t for m, t in older.items()):
+            mine.clock = {
+                member: min(older.get(member, 0), clock.get(member, 0))
+                for member in older.keys() | clock.keys()
+            }
+        mine.clock_ticks += clock_ticks
+        mine.sequence = sequence
         if not self._owns_arrays:  # the strategy may still hold these
             self.arrays = [np.array(a, dtype=np.float32, copy=True) for a in self.arrays]
             self._owns_arrays = True
-        for total, part in zip(self.arrays, newer.arrays):
+        for total, part in zip(self.arrays, arrays):
             total += part
 
     def try_absorb(self, newer: OutboundMessage) -> bool:
@@ -438,10 +449,10 @@ class NeighborSender:
     def queue_depth(self) -> int:
         return len(self._queue)
 
-    def count_coalesced(self) -> None:
-        """Called by the Outbox alone (under its lock) when a broadcast this
-        sender has queued absorbed a newer one."""
-        self.stats.broadcast_coalesced += 1
+    def count_coalesced(self, count: int = 1) -> None:
+        """Called by the Outbox alone (under its lock) when a broadcast for
+        this sender absorbed newer ones."""
+        self.stats.broadcast_coalesced += count
 
     def offer(self, message: OutboundMessage) -> None:
         """Enqueues without ever blocking; coalesces or drops when full."""
@@ -652,6 +663,9 @@ class Outbox:
         # The summable broadcast held back until it is due, and its targets
         # (see `send`).
         self._held: tuple[OutboundMessage, list[NeighborSender]] | None = None
+        self._held_sums = 0  # updates summed into the held one, counted when it goes
+        self._neighbors_version = 0  # changes with the set of senders
+        self._held_version = -1  # the set the held broadcast is for
         self._next_release = 0.0
         self._lock = threading.Lock()
         # Strictly increasing across restarts of this peer, so receivers can
@@ -693,6 +707,7 @@ class Outbox:
                     )
             for sender in self._senders.values():
                 sender.min_interval_s = interval
+            self._neighbors_version += 1
         for sender in stopped:
             threading.Thread(target=sender.close, daemon=True).start()
 
@@ -723,6 +738,12 @@ class Outbox:
         neighbors, and none falls further behind. Other updates go out at
         once.
         """
+        if (
+            to is None
+            and kind in SUMMABLE
+            and self._sum_into_held(kind, arrays, clock, clock_ticks, round_)
+        ):
+            return
         with self._sequence_lock:
             self._sequence += 1
             sequence = self._sequence
@@ -737,6 +758,7 @@ class Outbox:
             )
             if not targets:  # alone: nothing to keep, or to sum into
                 self._waiting = self._held = None
+                self._held_sums = 0
                 return
             message = OutboundMessage(
                 self._template, info, arrays, self.codec_name, recipients=len(targets)
@@ -746,34 +768,67 @@ class Outbox:
                 offers += self._take_due(now, force=True)
                 offers.append((message, targets))
                 self._waiting = None
-            elif self._summed_into(self._waiting, message, targets, shared=True):
+            elif self._summed_into_waiting(message, targets):
                 pass
-            elif not self._summed_into(self._held, message, targets, shared=False):
-                if self._held is not None:  # other neighbors or round: out now
-                    offers.append(self._held)
+            elif self._held is not None and self._held_summable(kind, round_):
+                self._held[0].absorb(message)
+                self._held_sums += 1
+            else:
+                offers += self._take_due(now, force=True)  # other neighbors or round: out now
                 self._held = (message, targets)
+                self._held_version = self._neighbors_version
             offers += self._take_due(now)
         for message, targets in offers:
             for sender in targets:
                 sender.offer(message)
 
-    @staticmethod
-    def _summed_into(
-        entry: tuple[OutboundMessage, list[NeighborSender]] | None,
-        message: OutboundMessage,
-        targets: list[NeighborSender],
-        shared: bool,
+    def _held_summable(self, kind: str, round_: int) -> bool:
+        """Whether an update of `kind` and `round_` for every neighbor sums
+        into the held broadcast; under self._lock."""
+        info = self._held[0].info
+        return (
+            self._held_version == self._neighbors_version
+            and info.kind == kind
+            and info.round == round_
+        )
+
+    def _sum_into_held(
+        self,
+        kind: str,
+        arrays: list[np.ndarray],
+        clock: dict[str, int],
+        clock_ticks: int,
+        round_: int,
     ) -> bool:
-        """Adds `message` into `entry`'s message if that goes to the same
-        neighbors and sums with it. `shared`: the senders can reach it, so
-        only while none has taken it."""
+        """`send`'s usual case, kept short because it runs on the trainer's
+        thread every step, where Python runs with cold caches (after a step,
+        each instruction costs about three times what it does in a loop): a
+        summable broadcast that comes before the held one is due is added to
+        it, with no message made. False: `send` takes the general path."""
+        with self._lock:
+            if (
+                self._held is None
+                or time.monotonic() >= self._next_release
+                or (self._waiting is not None and not self._waiting[0].taken)  # that one first
+                or not self._held_summable(kind, round_)
+            ):
+                return False
+            with self._sequence_lock:
+                self._sequence += 1
+                sequence = self._sequence
+            self._held[0].add(arrays, clock, clock_ticks, sequence)
+            self._held_sums += 1
+        return True
+
+    def _summed_into_waiting(self, message: OutboundMessage, targets: list[NeighborSender]) -> bool:
+        """Adds `message` into the broadcast that has gone out but that no
+        sender has taken yet, if that goes to the same neighbors and sums
+        with it; under self._lock."""
+        entry = self._waiting
         if entry is None or entry[1] != targets or not entry[0].coalescible_with(message):
             return False
-        if shared:
-            if not entry[0].try_absorb(message):
-                return False
-        else:
-            entry[0].absorb(message)
+        if not entry[0].try_absorb(message):
+            return False
         for sender in targets:
             sender.count_coalesced()
         return True
@@ -785,6 +840,9 @@ class Outbox:
         if self._held is None or (now < self._next_release and not force):
             return []
         held, self._held = self._held, None
+        for sender in held[1]:
+            sender.count_coalesced(self._held_sums)
+        self._held_sums = 0
         self._waiting = held
         self._next_release = now + self.send_interval_s(len(held[1]))
         return [held]

@@ -122,6 +122,24 @@ def test_a_gradient_no_sender_has_taken_absorbs_the_next_ones():
         outbox.close()
 
 
+@pytest.mark.parametrize(
+    "older, newer, summed",
+    [
+        ({"me": 5, "a": 3}, {"me": 6, "a": 3}, {"me": 5, "a": 3}),  # the usual: newer above
+        ({"me": 5, "a": 3}, {"me": 6, "a": 2}, {"me": 5, "a": 2}),  # an entry went down
+        ({"me": 5, "a": 3}, {"me": 6, "b": 1}, {"me": 5, "a": 0, "b": 0}),  # members differ
+    ],
+)
+def test_a_sum_is_as_stale_as_its_oldest_part_entry_by_entry(older, newer, summed):
+    template = peer_pb2.UpdateHeader(tensors=specs_to_wire(SPECS))
+    kept = dict(older)
+    first = OutboundMessage(template, UpdateInfo(GRADIENT, 1, older), values(1.0), "raw")
+    first.add(values(2.0), newer, 2, 7)
+    assert first.info.clock == summed and older == kept  # the caller's dict untouched
+    assert (first.info.clock_ticks, first.info.sequence) == (3, 7)
+    np.testing.assert_array_equal(first.arrays[1], 3.0)
+
+
 def test_a_neighbor_with_a_full_queue_gets_every_gradient_summed_in():
     """A broadcast summed into a full queue's last entry is final for the
     outbox: later gradients must not be added to it, or that neighbor never
@@ -214,6 +232,30 @@ def test_a_held_gradient_goes_before_a_later_model():
         assert len(queued(outbox)) == 1
         outbox.send(MODEL, values(3.0), {"me": 3})
         assert [m.arrays[0][0, 0] for m in queued(outbox)] == [1.0, 2.0, 3.0]
+    finally:
+        outbox.close()
+
+
+def test_a_held_gradient_is_not_summed_with_one_for_a_new_set_of_neighbors():
+    """A gradient held for n0 and n1 must not take in one made after n2
+    joined: n2 would be sent the older gradient too, n0 and n1 are owed it."""
+    outbox = Outbox(
+        "run", "me", "a:1", grpc.insecure_channel, SPECS, link_up=lambda member_id: False
+    )
+    ports = [closed_port() for _ in range(3)]
+    outbox.set_neighbors({f"n{i}": f"127.0.0.1:{ports[i]}" for i in range(2)})
+    try:
+        outbox.send(GRADIENT, values(1.0), {"me": 1})  # out at once
+        for sender in outbox.senders():
+            sender._queue[0].take()
+        outbox.send(GRADIENT, values(2.0), {"me": 2})  # held: not yet due
+        outbox.send(GRADIENT, values(4.0), {"me": 3})  # summed into it
+        outbox.set_neighbors({f"n{i}": f"127.0.0.1:{ports[i]}" for i in range(3)})
+        outbox.send(GRADIENT, values(8.0), {"me": 4})
+        outbox.release_due(force=True)
+        totals = {s.member_id: [m.arrays[0][0, 0] for m in s._queue] for s in outbox.senders()}
+        assert totals == {"n0": [1.0, 6.0, 8.0], "n1": [1.0, 6.0, 8.0], "n2": [8.0]}
+        assert [s.stats.coalesced for s in outbox.senders()] == [1, 1, 0]
     finally:
         outbox.close()
 
