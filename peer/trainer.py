@@ -159,12 +159,17 @@ class Trainer:
 
     def drain_inbox(self) -> int:
         applied = 0
-        while True:
+        inbox = self.inbox
+        # Peeked without the lock: called between steps, where an empty
+        # inbox is the rule and a raised queue.Empty costs ~7 us (of a
+        # ~400 us digits-mlp step); an update landing meanwhile waits a step.
+        while inbox.queue:
             try:
-                item = self.inbox.get_nowait()
+                item = inbox.get_nowait()
             except queue.Empty:
-                return applied
+                break
             applied += self._handle(item)
+        return applied
 
     def _handle(self, item: Incoming | _Request) -> bool:
         if isinstance(item, _Request):
