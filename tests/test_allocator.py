@@ -3,8 +3,9 @@ tensors from faulting pages.
 
 Each case streams 200 MiB of 1 MiB messages through a bare gRPC server and
 client in a fresh interpreter (malloc's state is per process), twice, and
-counts the minor page faults the second transfer caused: without the settings nearly every
-message lands on fresh pages, with them freed buffers are reused.
+counts the minor page faults the second transfer caused: without the
+settings most messages land on fresh pages, with them freed buffers are
+reused.
 """
 
 from __future__ import annotations
@@ -84,8 +85,12 @@ def page_faults(script: str, mode: str) -> int:
 def test_tuned_allocator_reuses_message_buffers_instead_of_faulting_pages():
     default = page_faults(STREAM_AND_COUNT_FAULTS, "default")
     tuned = page_faults(STREAM_AND_COUNT_FAULTS, "tuned")
-    # 200 MiB is 51,200 pages; measured ~37,000 faults by default, ~1,800 tuned.
-    assert default > 10_000, default
+    # 200 MiB is 51,200 pages. Tuned: 1-65 faults. Default: 18,000-39,000
+    # in most runs, but once 6,536 (glibc raises its mmap threshold when a
+    # mapped chunk is freed, so some buffers may be reused by luck): only
+    # the comparison, and a bound of 4% of the pages on the tuned count,
+    # are asserted.
+    assert tuned < 2_000, (tuned, default)
     assert tuned * 4 < default, (tuned, default)
 
 
