@@ -129,6 +129,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     daemon.wait()
     daemon.shutdown()
+    if daemon.trainer.failure is not None:
+        print(f"dasgd-peer: training loop failed: {daemon.trainer.failure!r}", file=sys.stderr)
+        return 1
     return 0
 
 

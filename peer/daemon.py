@@ -33,7 +33,7 @@ from peer.strategies.base import CENTER, MODEL
 from peer.topology import neighbors as choose_neighbors
 from peer.trainer import Trainer
 from peer.transport import Outbox, PeerServicer, add_peer_service, pull_model
-from peer.workloads import load_workload
+from peer.workloads import load_workload, trainable_parameters
 from rpc import Security, ServerHandle, make_channel, start_server
 from rpc.allocator import tune_allocator
 from rpc.server import advertise_address, split_host_port
@@ -96,7 +96,7 @@ class PeerDaemon:
         )
         self.specs = [
             TensorSpec(name, tuple(p.shape), str(p.dtype).removeprefix("torch."))
-            for name, p in self.workload.model.named_parameters()
+            for name, p in trainable_parameters(self.workload.model)
         ]
         self.max_update_bytes = MAX_UPDATE_BYTES
         self.context = StrategyContext(
@@ -179,7 +179,15 @@ class PeerDaemon:
         if not self.config.checkpoint_dir:
             return
         with self._checkpoint_lock:
+            if self.trainer.failure is not None:
+                # The model may be half-updated: the last good checkpoint stays.
+                raise RuntimeError(
+                    f"not saved: the training loop failed (the checkpoint at step "
+                    f"{self.checkpoint_step} stays)"
+                )
             state = self.trainer.call(self._capture_state, timeout=30.0)
+            if self.trainer.failure is not None:
+                raise RuntimeError("not saved: the training loop failed while capturing")
             checkpoint.save(self.config.checkpoint_dir, state)
             self.checkpoint_step = state["step"]
 
@@ -665,7 +673,7 @@ class PeerDaemon:
         try:
             self.save_checkpoint()
         except (OSError, RuntimeError) as error:
-            log.error("final checkpoint failed: %s", error)
+            log.error("final checkpoint: %s", error)
         if self.membership is not None:
             self.membership.leave()
             self.membership.stop()

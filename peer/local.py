@@ -32,6 +32,21 @@ from rpc import Security, make_channel
 LOCAL_ONLY = {"run_id", "log_level", "min_members"}
 
 
+def last_error(log_path: Path) -> str:
+    """Why a peer stopped, from its log: the training loop's failure, else
+    the last ERROR line (its message only), or ""."""
+    try:
+        with open(log_path, "rb") as log_file:
+            log_file.seek(0, os.SEEK_END)
+            log_file.seek(max(0, log_file.tell() - 64 * 1024))
+            tail = log_file.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line.split(": ", 1)[-1].strip() for line in tail if " ERROR " in line]
+    failed = [e for e in errors if e.startswith("training loop failed")]
+    return (failed or errors or [""])[-1]
+
+
 class ForkedProcess:
     """The Popen calls `local` needs, for a process the fork server started
     (not our child: the fork server reaps it, so "gone" means exited)."""
@@ -289,7 +304,12 @@ def _print_table(tracks: list[PeerTrack], summary: dict, launch: float) -> None:
         f"\n{summary['peers']} peers, {summary['strategy']} on {summary['workload']}: {verdict} "
         f"{summary['target_accuracy']:.2%} "
         + (f"in {summary['time_to_target_s']:.1f}s " if summary["reached_target"] else "")
-        + f"(setup {summary['setup_s']}s, wall {summary['wall_s']:.1f}s); staleness avg "
+        + (
+            f"(setup {summary['setup_s']}s, "
+            if summary["setup_s"] is not None
+            else "(not every peer took a step, "
+        )
+        + f"wall {summary['wall_s']:.1f}s); staleness avg "
         f"{summary['staleness']['avg']}, max {summary['staleness']['max']}, "
         f"p95 {summary['staleness']['p95']}; {summary['samples_per_s']:.0f} samples/s in all"
     )
@@ -451,8 +471,13 @@ def run_local(args: argparse.Namespace) -> int:
             for t in tracks:
                 if t.child.name not in exited and t.child.process.poll() is not None:
                     exited.add(t.child.name)
-                    print(f"{t.child.name} exited; log: {t.child.log_path}", file=sys.stderr)
+                    why = last_error(t.child.log_path)
+                    why = f": {why}" if why else ""
+                    print(f"{t.child.name} exited{why}; log: {t.child.log_path}", file=sys.stderr)
             if all(t.reached_at is not None for t in tracks):
+                break
+            if len(exited) == len(tracks):
+                print("every peer has exited", file=sys.stderr)
                 break
             time.sleep(0.2)
         finished = time.time()

@@ -76,6 +76,9 @@ class Trainer:
         self._stop = threading.Event()
         self._paused = threading.Event()
         self._thread: threading.Thread | None = None
+        # What ended the loop, if it was an error (the daemon then exits 1
+        # and keeps its last checkpoint instead of saving this model).
+        self.failure: BaseException | None = None
         self._loop_owner: int | None = None
         self.cpus: set[int] | None = None  # pin the training thread to these
 
@@ -135,9 +138,9 @@ class Trainer:
                 if self.max_steps and self.stats.step >= self.max_steps:
                     break
                 self._maybe_evaluate()
-        except Exception:
-            log.exception("training loop failed")
-            raise
+        except Exception as error:
+            self.failure = error
+            log.exception("training loop failed: %r", error)
         finally:
             self._finish_requests()
             self._loop_owner = None

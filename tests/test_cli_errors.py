@@ -198,3 +198,24 @@ def test_the_names_checked_before_torch_are_the_registries():
 
     assert sorted(STRATEGY_NAMES) == sorted(REGISTRY)
     assert sorted(WORKLOAD_NAMES) == sorted(BUILTIN)
+
+
+@pytest.mark.parametrize(
+    "factory, message",
+    [
+        ("float64", "parameter 0.weight is float64; updates are exchanged as float32"),
+        ("on_meta_device", "parameter 0.weight is on meta; peers train on the CPU"),
+        ("not_a_workload", "the factory returned dict, not a peer.workloads.Workload"),
+    ],
+)
+def test_a_workload_the_wire_cannot_carry_is_refused_before_training(factory: str, message: str):
+    # Before: the daemon started, its training thread died on the first step
+    # (a float64 gradient into a float32 update, numpy() of a non-CPU tensor)
+    # and the process exited 0.
+    result = cli(
+        *DAEMONS["dasgd-peer"], "--listen", "127.0.0.1:0",
+        "--workload", f"tests.odd_workloads:{factory}", timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    expected = f"workload 'tests.odd_workloads:{factory}': {message}"
+    assert_one_clear_line(result, "dasgd-peer", expected)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from peer.staleness import VectorClock
+from peer.workloads import trainable_parameters
 
 # Update kinds, as named on the wire (dasgd.v1.UpdateKind).
 GRADIENT = "GRADIENT"
@@ -86,7 +87,7 @@ class Strategy:
 
     def __init__(self, context: StrategyContext):
         self.context = context
-        self.params = [p for p in context.model.parameters()]
+        self.params = [p for _, p in trainable_parameters(context.model)]
         self.replies: list[Outgoing] = []
 
     def after_local_step(self, step: int) -> list[Outgoing]:

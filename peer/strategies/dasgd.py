@@ -31,7 +31,11 @@ class DASGD(Strategy):
         # copying them (a 40 MB copy per broadcast on a 10 M model, on the
         # training thread): the parameters let go of them, so the next
         # backward pass makes new ones and nothing else writes these.
-        grads = [p.grad.detach().numpy() for p in self.params]
+        # A parameter this step's loss did not reach has no gradient: zeros.
+        grads = [
+            np.zeros(p.shape, np.float32) if p.grad is None else p.grad.detach().numpy()
+            for p in self.params
+        ]
         for p in self.params:
             p.grad = None
         if self._accumulated is None:

@@ -53,7 +53,7 @@ def load_workload(
     """Builds a built-in workload by name, or imports `module:factory`."""
     kwargs = {} if learning_rate is None else {"learning_rate": learning_rate}
     if spec in BUILTIN:
-        return BUILTIN[spec](shard_index, shard_count, **kwargs)
+        return check_workload(spec, BUILTIN[spec](shard_index, shard_count, **kwargs))
     module_name, sep, factory_name = spec.partition(":")
     if not sep or not module_name or not factory_name:
         raise ValueError(
@@ -66,4 +66,38 @@ def load_workload(
     factory = getattr(module, factory_name, None)
     if not callable(factory):
         raise ValueError(f"workload {spec!r}: {module_name!r} has no factory {factory_name!r}")
-    return factory(shard_index=shard_index, shard_count=shard_count, **kwargs)
+    return check_workload(spec, factory(shard_index=shard_index, shard_count=shard_count, **kwargs))
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters peers exchange: those with requires_grad. Frozen ones
+    (a fixed embedding, a pre-trained backbone) stay as the factory made them
+    on every peer and are never sent."""
+    return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+
+
+def check_workload(spec: str, workload: object) -> Workload:
+    """Refuses, with one clear line, what the trainer and the wire cannot
+    carry, before anything starts (not as a crash of the training thread)."""
+    if not isinstance(workload, Workload):
+        raise ValueError(
+            f"workload {spec!r}: the factory returned {type(workload).__name__}, "
+            "not a peer.workloads.Workload"
+        )
+    parameters = trainable_parameters(workload.model)
+    if not parameters:
+        raise ValueError(f"workload {spec!r}: the model has no trainable parameters")
+    for name, p in parameters:
+        if p.device.type != "cpu":
+            raise ValueError(
+                f"workload {spec!r}: parameter {name} is on {p.device}; peers train on "
+                "the CPU (build the model there)"
+            )
+        if p.dtype != torch.float32:
+            raise ValueError(
+                f"workload {spec!r}: parameter {name} is {str(p.dtype).removeprefix('torch.')}; "
+                "updates are exchanged as float32 (call model.float())"
+            )
+        if p.layout != torch.strided:
+            raise ValueError(f"workload {spec!r}: parameter {name} is not a dense tensor")
+    return workload
