@@ -29,11 +29,11 @@ from peer.strategies import (
     make_strategy,
     strategy_parameters,
 )
-from peer.strategies.base import CENTER, MODEL
+from peer.strategies.base import BUFFERS, CENTER, MODEL
 from peer.topology import neighbors as choose_neighbors
 from peer.trainer import Trainer
 from peer.transport import Outbox, PeerServicer, add_peer_service, pull_model
-from peer.workloads import load_workload, trainable_parameters
+from peer.workloads import floating_buffers, load_workload, trainable_parameters
 from rpc import Security, ServerHandle, make_channel, start_server
 from rpc.allocator import tune_allocator
 from rpc.server import advertise_address, split_host_port
@@ -97,6 +97,10 @@ class PeerDaemon:
         self.specs = [
             TensorSpec(name, tuple(p.shape), str(p.dtype).removeprefix("torch."))
             for name, p in trainable_parameters(self.workload.model)
+        ]
+        self.buffer_specs = [
+            TensorSpec(name, tuple(b.shape), "float32")
+            for name, b in floating_buffers(self.workload.model)
         ]
         self.max_update_bytes = MAX_UPDATE_BYTES
         self.context = StrategyContext(
@@ -382,10 +386,20 @@ class PeerDaemon:
                         )
                     except grpc.RpcError:
                         center = None
+                buffers = None
+                if self.buffer_specs:
+                    try:
+                        buffers, _ = pull_model(
+                            channel, self.run_id, self.member_id, self.buffer_specs, BUFFERS
+                        )
+                    except (grpc.RpcError, ValueError) as error:
+                        log.warning("buffers from %s not taken (%s)", member.id, error)
         except (grpc.RpcError, ValueError) as error:
             log.warning("warm start from %s failed (%s); starting from own model", member.id, error)
             return
         self.strategy.load_model(arrays, center)
+        if buffers is not None:
+            self.strategy.set_buffers(buffers)
         # We have now seen what the neighbor had seen (our own earlier
         # updates included, if we are a restarted member).
         for owner, count in clock.items():

@@ -48,7 +48,15 @@ from dasgd.v1 import membership_pb2, peer_pb2, peer_pb2_grpc
 from peer import codec
 from peer.bounded import put_recent
 from peer.codec import TensorSpec
-from peer.strategies.base import CENTER_COMMIT, DELTA, GRADIENT, MODEL, ROUND_MODEL, Incoming
+from peer.strategies.base import (
+    BUFFERS,
+    CENTER_COMMIT,
+    DELTA,
+    GRADIENT,
+    MODEL,
+    ROUND_MODEL,
+    Incoming,
+)
 from rpc.server import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
@@ -954,6 +962,8 @@ class Node(Protocol):
     run_id: str
     member_id: str
     specs: list[TensorSpec]
+    # What a Pull of BUFFERS carries (float32; absent where nothing pulls them).
+    buffer_specs: list[TensorSpec]
     accepts: frozenset[str]
     max_update_bytes: int
 
@@ -1169,7 +1179,9 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             peer_pb2.UpdateHeader(
                 run_id=self.node.run_id,
                 sender_id=self.node.member_id,
-                tensors=specs_to_wire(self.node.specs),
+                tensors=specs_to_wire(
+                    self.node.buffer_specs if kind == BUFFERS else self.node.specs
+                ),
                 codec=CODEC_TO_WIRE[codec_name],
             ),
             UpdateInfo(kind, sequence=0, clock=clock),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from peer.workloads import Workload
-from peer.workloads.digits import make_workload
+from peer.workloads.digits import load_split, make_workload
 
 
 def float64(shard_index: int = 0, shard_count: int = 1, **kwargs) -> Workload:
@@ -63,4 +63,34 @@ def fails_at_step_150(shard_index: int = 0, shard_count: int = 1, **kwargs) -> W
         return next_batch()
 
     workload.next_batch = failing_next_batch
+    return workload
+
+
+def batchnorm(shard_index: int = 0, shard_count: int = 1, **kwargs) -> Workload:
+    """digits-mlp behind a BatchNorm layer on pixel values 100..116:
+    evaluated with fresh running statistics (mean 0, variance 1) instead of
+    the trained ones, the model is far off."""
+    workload = make_workload(shard_index, shard_count, **kwargs)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.BatchNorm1d(64), *workload.model)
+    _, x_test, _, y_test = load_split()
+    test_x, test_y = torch.from_numpy(x_test) * 16.0 + 100.0, torch.from_numpy(y_test)
+    next_batch = workload.next_batch
+
+    def raw_batch() -> tuple[torch.Tensor, torch.Tensor]:
+        inputs, targets = next_batch()
+        return inputs * 16.0 + 100.0, targets
+
+    def evaluate() -> tuple[float, float]:
+        model.eval()  # the running statistics, not the batch's
+        try:
+            with torch.no_grad():
+                logits = model(test_x)
+            accuracy = (logits.argmax(dim=1) == test_y).float().mean()
+            return float(workload.loss_fn(logits, test_y)), float(accuracy)
+        finally:
+            model.train()
+
+    workload.model, workload.next_batch, workload.evaluate = model, raw_batch, evaluate
+    workload.optimizer = torch.optim.SGD(model.parameters(), lr=workload.learning_rate)
     return workload

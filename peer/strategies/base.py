@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from peer.staleness import VectorClock
-from peer.workloads import trainable_parameters
+from peer.workloads import floating_buffers, trainable_parameters
 
 # Update kinds, as named on the wire (dasgd.v1.UpdateKind).
 GRADIENT = "GRADIENT"
@@ -32,6 +32,7 @@ CENTER = "CENTER"
 ROUND_MODEL = "ROUND_MODEL"
 GOSSIP_MODEL = "GOSSIP_MODEL"
 GOSSIP_REPLY = "GOSSIP_REPLY"
+BUFFERS = "BUFFERS"  # Pull only: the model's floating-point buffers
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Strategy:
     def __init__(self, context: StrategyContext):
         self.context = context
         self.params = [p for _, p in trainable_parameters(context.model)]
+        self.buffers = [b for _, b in floating_buffers(context.model)]
         self.replies: list[Outgoing] = []
 
     def after_local_step(self, step: int) -> list[Outgoing]:
@@ -112,12 +114,20 @@ class Strategy:
         pass
 
     def snapshot(self, kind: str) -> list[np.ndarray] | None:
-        """What a Pull of `kind` returns: the model, or the center replica."""
+        """What a Pull of `kind` returns: the model, its buffers, or the center replica."""
+        if kind == BUFFERS:
+            return [b.detach().float().numpy().copy() for b in self.buffers]
         return self.model_arrays() if kind == MODEL else None
 
     def load_model(self, model: list[np.ndarray], center: list[np.ndarray] | None) -> None:
         """Warm start: adopt a neighbor's model (and center replica, if any)."""
         self.set_model(model)
+
+    def set_buffers(self, arrays: list[np.ndarray]) -> None:
+        """Warm start: adopt a neighbor's running statistics (BatchNorm's)."""
+        with torch.no_grad():
+            for b, a in zip(self.buffers, arrays):
+                b.copy_(torch.from_numpy(np.asarray(a)))
 
     # Helpers shared by strategies.
     def set_model(self, arrays: list[np.ndarray]) -> None:

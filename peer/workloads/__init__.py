@@ -76,6 +76,14 @@ def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Par
     return [(name, p) for name, p in model.named_parameters() if p.requires_grad]
 
 
+def floating_buffers(model: torch.nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """The buffers a late joiner takes from its neighbor with the model:
+    floating-point ones (BatchNorm's running mean and variance). They are
+    not exchanged while training: each peer keeps the statistics of its own
+    data, as each does its own optimizer state."""
+    return [(name, b) for name, b in model.named_buffers() if b.is_floating_point()]
+
+
 def check_workload(spec: str, workload: object) -> Workload:
     """Refuses, with one clear line, what the trainer and the wire cannot
     carry, before anything starts (not as a crash of the training thread)."""
@@ -100,4 +108,9 @@ def check_workload(spec: str, workload: object) -> Workload:
             )
         if p.layout != torch.strided:
             raise ValueError(f"workload {spec!r}: parameter {name} is not a dense tensor")
+    for name, b in workload.model.named_buffers():
+        if b.device.type != "cpu":
+            raise ValueError(
+                f"workload {spec!r}: buffer {name} is on {b.device}; peers train on the CPU"
+            )
     return workload

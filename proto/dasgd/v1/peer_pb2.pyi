@@ -19,6 +19,7 @@ class UpdateKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROUND_MODEL: _ClassVar[UpdateKind]
     GOSSIP_MODEL: _ClassVar[UpdateKind]
     GOSSIP_REPLY: _ClassVar[UpdateKind]
+    BUFFERS: _ClassVar[UpdateKind]
 
 class Codec(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -35,6 +36,7 @@ CENTER: UpdateKind
 ROUND_MODEL: UpdateKind
 GOSSIP_MODEL: UpdateKind
 GOSSIP_REPLY: UpdateKind
+BUFFERS: UpdateKind
 CODEC_UNSPECIFIED: Codec
 RAW_F32: Codec
 F16: Codec
