@@ -70,10 +70,6 @@ class CommitStrategy(CenterReplicaStrategy):
     def make_commit(self) -> list[np.ndarray]:
         raise NotImplementedError
 
-    def own_commit_scale(self) -> float:
-        """Factor of the own commit in the own replica."""
-        return 1.0
-
     def commit_clock(self) -> dict[str, int] | None:
         """The clock the commit was computed from; None: the one at commit time."""
         return None
@@ -84,7 +80,7 @@ class CommitStrategy(CenterReplicaStrategy):
             return []
         self.steps_since_commit = 0
         commit = self.make_commit()
-        self.apply_commit(commit, self.own_commit_scale())
+        self.apply_commit(commit)
         return [Outgoing(CENTER_COMMIT, commit, clock=self.commit_clock())]
 
     def apply(self, update: Incoming) -> bool:
