@@ -381,9 +381,12 @@ class PeerDaemon:
                 center = None
                 if CENTER in self.accepts or hasattr(self.strategy, "center_replica"):
                     try:
-                        center, _ = pull_model(
+                        # The replica with the clock of what it holds: commits
+                        # in it may also be on their way here.
+                        center, center_clock = pull_model(
                             channel, self.run_id, self.member_id, self.specs, CENTER
                         )
+                        clock = center_clock
                     except grpc.RpcError:
                         center = None
                 buffers = None
@@ -397,11 +400,12 @@ class PeerDaemon:
         except (grpc.RpcError, ValueError) as error:
             log.warning("warm start from %s failed (%s); starting from own model", member.id, error)
             return
-        self.strategy.load_model(arrays, center)
+        self.strategy.load_model(arrays, center, clock if center is not None else None)
         if buffers is not None:
             self.strategy.set_buffers(buffers)
         # We have now seen what the neighbor had seen (our own earlier
-        # updates included, if we are a restarted member).
+        # updates included, if we are a restarted member); with a center
+        # replica, what that replica holds.
         for owner, count in clock.items():
             self.trainer.clock.entries[owner] = max(count, self.trainer.clock.entries.get(owner, 0))
         self.warm_started_from = member.id

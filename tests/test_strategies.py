@@ -388,6 +388,30 @@ def test_center_replica_is_pulled_checkpointed_and_adopted():
     close(restored.center(), [0.9, -1.0])
 
 
+@pytest.mark.parametrize("strategy", ["downpour", "dynsgd", "aeasgd"])
+def test_a_joiner_does_not_add_twice_a_commit_its_pulled_replica_held(strategy):
+    # Before: the commit that reached the joiner's inbox while it pulled the
+    # replica (which already held it) was added again, and the two replicas
+    # stayed apart for the rest of the run (2 DOWNPOUR peers: 0.09 apart;
+    # 0.000 with --no-warm-start).
+    peers = network(strategy, {"A": [1.0, 0.0], "J": [0.0, 1.0]}, window=1)
+    a, joiner = peers["A"], peers["J"]
+    a.step()  # its commit is on its way to J
+    joiner.strategy.load_model(
+        a.strategy.snapshot(MODEL), a.strategy.snapshot(CENTER), a.trainer.clock.snapshot()
+    )
+    joiner.trainer.clock.entries.update(a.trainer.clock.snapshot())
+    deliver_all(peers)
+    close(joiner.center(), a.center().tolist())
+    assert joiner.trainer.stats.updates_discarded == 1
+    a.step()
+    joiner.step()
+    deliver_all(peers)
+    assert joiner.trainer.stats.updates_discarded == 1  # later commits count
+    close(joiner.center(), a.center().tolist())
+    assert not torch.equal(a.center(), torch.tensor(START))
+
+
 # --- synchronous rounds --------------------------------------------------------------
 
 

@@ -119,8 +119,14 @@ class Strategy:
             return [b.detach().float().numpy().copy() for b in self.buffers]
         return self.model_arrays() if kind == MODEL else None
 
-    def load_model(self, model: list[np.ndarray], center: list[np.ndarray] | None) -> None:
-        """Warm start: adopt a neighbor's model (and center replica, if any)."""
+    def load_model(
+        self,
+        model: list[np.ndarray],
+        center: list[np.ndarray] | None,
+        center_clock: dict[str, int] | None = None,
+    ) -> None:
+        """Warm start: adopt a neighbor's model (and center replica, if any,
+        with the vector clock of the commits it holds)."""
         self.set_model(model)
 
     def set_buffers(self, arrays: list[np.ndarray]) -> None:

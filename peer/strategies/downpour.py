@@ -54,8 +54,13 @@ class Downpour(CommitStrategy):
         self.model_at_last_pull = self.model_arrays()
         self.clock_at_last_pull = self._now()
 
-    def load_model(self, model: list[np.ndarray], center: list[np.ndarray] | None) -> None:
-        super().load_model(model, center)
+    def load_model(
+        self,
+        model: list[np.ndarray],
+        center: list[np.ndarray] | None,
+        center_clock: dict[str, int] | None = None,
+    ) -> None:
+        super().load_model(model, center, center_clock)
         self.model_at_last_pull = self.model_arrays()
         self.clock_at_last_pull = self._now()
 
