@@ -400,7 +400,7 @@ class PeerDaemon:
         except (grpc.RpcError, ValueError) as error:
             log.warning("warm start from %s failed (%s); starting from own model", member.id, error)
             return
-        self.strategy.load_model(arrays, center, clock if center is not None else None)
+        self.strategy.load_model(arrays, center, clock)
         if buffers is not None:
             self.strategy.set_buffers(buffers)
         # We have now seen what the neighbor had seen (our own earlier

@@ -388,6 +388,20 @@ def test_center_replica_is_pulled_checkpointed_and_adopted():
     close(restored.center(), [0.9, -1.0])
 
 
+def test_a_dasgd_joiner_does_not_apply_twice_a_gradient_its_pulled_model_held():
+    peers = network("dasgd", {"A": [1.0, 0.0], "J": [0.0, 1.0]})
+    a, joiner = peers["A"], peers["J"]
+    a.step()  # its gradient is on its way to J
+    joiner.strategy.load_model(a.strategy.snapshot(MODEL), None, a.trainer.clock.snapshot())
+    joiner.trainer.clock.entries.update(a.trainer.clock.snapshot())
+    deliver_all(peers)
+    close(joiner.weights(), a.weights().tolist())
+    assert joiner.trainer.stats.updates_discarded == 1
+    a.step()
+    deliver_all(peers)
+    close(joiner.weights(), a.weights().tolist())  # the next one is applied
+
+
 @pytest.mark.parametrize("strategy", ["downpour", "dynsgd", "aeasgd"])
 def test_a_joiner_does_not_add_twice_a_commit_its_pulled_replica_held(strategy):
     # Before: the commit that reached the joiner's inbox while it pulled the

@@ -91,6 +91,10 @@ class Strategy:
         self.params = [p for _, p in trainable_parameters(context.model)]
         self.buffers = [b for _, b in floating_buffers(context.model)]
         self.replies: list[Outgoing] = []
+        # Per member, how many of its clock units what a warm start loaded
+        # (the model, or the center replica) already held: updates that
+        # were on their way here meanwhile are not applied twice.
+        self.included: dict[str, int] = {}
 
     def after_local_step(self, step: int) -> list[Outgoing]:
         return []
@@ -123,11 +127,28 @@ class Strategy:
         self,
         model: list[np.ndarray],
         center: list[np.ndarray] | None,
-        center_clock: dict[str, int] | None = None,
+        clock: dict[str, int] | None = None,
     ) -> None:
-        """Warm start: adopt a neighbor's model (and center replica, if any,
-        with the vector clock of the commits it holds)."""
+        """Warm start: adopt a neighbor's model (and center replica, if any)
+        and the vector clock of what the adopted state holds."""
         self.set_model(model)
+        self.included = dict(clock or {})
+
+    def already_included(self, update: Incoming) -> bool:
+        """An update that state loaded at warm start already held: the update
+        carries its sender's own count, that state's clock how many of the
+        sender's units it held. (Found on 2 DOWNPOUR peers: the joiner added
+        its neighbor's first commit twice and the replicas stayed apart for
+        the rest of the run.)"""
+        held = self.included.get(update.sender)
+        if held is None:
+            return False
+        if update.clock.get(update.sender, 0) <= held:
+            return True
+        # A sender's updates arrive in order: no more of the held ones will
+        # come (and a sender restarted with its clock set back is not refused).
+        del self.included[update.sender]
+        return False
 
     def set_buffers(self, arrays: list[np.ndarray]) -> None:
         """Warm start: adopt a neighbor's running statistics (BatchNorm's)."""

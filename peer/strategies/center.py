@@ -26,9 +26,6 @@ class CenterReplicaStrategy(Strategy):
         # Every peer builds the same initial model, so replicas start equal.
         self.center_replica = self.model_arrays()
         self.commits_applied = 0
-        # Per member, the last of its commits a replica taken at warm start
-        # already held: those may still arrive, and are not added twice.
-        self.included: dict[str, int] = {}
 
     def apply_commit(self, delta: list[np.ndarray], scale: float = 1.0) -> None:
         for center, change in zip(self.center_replica, delta):
@@ -44,20 +41,11 @@ class CenterReplicaStrategy(Strategy):
         self,
         model: list[np.ndarray],
         center: list[np.ndarray] | None,
-        center_clock: dict[str, int] | None = None,
+        clock: dict[str, int] | None = None,
     ) -> None:
         """A joiner adopts the network's center too; without one, its model is the best guess."""
-        self.set_model(model)
+        super().load_model(model, center, clock if center is not None else None)
         self.center_replica = copy_arrays(center if center is not None else model)
-        self.included = dict(center_clock or {}) if center is not None else {}
-
-    def already_included(self, update: Incoming) -> bool:
-        """A commit the replica taken at warm start held: the commit carries
-        its sender's count of its own commits, that replica's clock says
-        how many of them it held. (Found on 2 DOWNPOUR peers: without this
-        check the joiner added its neighbor's first commit twice and the
-        replicas stayed apart for the rest of the run.)"""
-        return update.clock.get(update.sender, 0) <= self.included.get(update.sender, 0)
 
     def state_dict(self) -> dict:
         return {"center_replica": copy_arrays(self.center_replica)}

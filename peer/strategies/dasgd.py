@@ -60,6 +60,8 @@ class DASGD(Strategy):
         return [message]
 
     def apply(self, update: Incoming) -> bool:
+        if self.already_included(update):
+            return False
         self.step_with_gradient(update.arrays)
         return True
 

@@ -58,9 +58,9 @@ class Downpour(CommitStrategy):
         self,
         model: list[np.ndarray],
         center: list[np.ndarray] | None,
-        center_clock: dict[str, int] | None = None,
+        clock: dict[str, int] | None = None,
     ) -> None:
-        super().load_model(model, center, center_clock)
+        super().load_model(model, center, clock)
         self.model_at_last_pull = self.model_arrays()
         self.clock_at_last_pull = self._now()
 
