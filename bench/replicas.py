@@ -6,7 +6,10 @@ replicas that took the same commits must hold the same center. This bench
 runs `dasgd-peer local` (2 peers on digits-mlp by default, 5 ms emulated
 step), pulls the CENTER from every peer every few seconds while they train,
 and prints the largest distance between two replicas relative to a
-replica's norm, against DOWNPOUR's in the same run as the baseline.
+replica's norm, with DOWNPOUR's in the same run as the baseline. Replicas
+whose vector clocks are equal have taken the same commits: their distance
+("same commits", over the samples where some pair had equal clocks) must be
+rounding only.
 
     .venv/bin/python bench/replicas.py
     .venv/bin/python bench/replicas.py --strategies downpour,dynsgd -- --no-warm-start
@@ -53,8 +56,12 @@ def addresses(log_dir: Path, peers: int, timeout: float = 60.0) -> list[str]:
     raise RuntimeError(f"peers did not start; logs in {log_dir}")
 
 
-def measure(strategy: str, args: argparse.Namespace, specs: list[TensorSpec]) -> list[float]:
-    """Largest replica distance / replica norm at each sample."""
+def measure(
+    strategy: str, args: argparse.Namespace, specs: list[TensorSpec]
+) -> tuple[list[float], list[float]]:
+    """Per sample, the largest replica distance / replica norm over all pairs
+    of peers, and over the pairs whose replicas had taken the same commits
+    (equal vector clocks; nan if none): those must agree but for rounding."""
     run_id = f"replicas-{strategy}"
     with tempfile.TemporaryDirectory(prefix="dasgd-replicas-") as tmp:
         log_dir = Path(tmp)
@@ -70,20 +77,21 @@ def measure(strategy: str, args: argparse.Namespace, specs: list[TensorSpec]) ->
         try:
             peers = addresses(log_dir, args.peers)
             time.sleep(args.warmup)
-            samples = []
+            samples, same = [], []
             for _ in range(max(1, int(args.seconds / args.every))):
-                centers = []
+                pulled = []
                 for address in peers:
                     with make_channel(address, Security()) as channel:
-                        arrays, _ = pull_model(channel, run_id, "bench", specs, "CENTER")
-                    centers.append(np.concatenate([a.ravel() for a in arrays]))
-                norm = float(np.linalg.norm(centers[0]))
-                worst = max(
-                    float(np.linalg.norm(a - b)) for a in centers for b in centers if a is not b
-                )
-                samples.append(worst / norm)
+                        arrays, clock = pull_model(channel, run_id, "bench", specs, "CENTER")
+                    pulled.append((np.concatenate([a.ravel() for a in arrays]), clock))
+                norm = float(np.linalg.norm(pulled[0][0]))
+                pairs = [(a, b) for i, a in enumerate(pulled) for b in pulled[i + 1 :]]
+                distance = [float(np.linalg.norm(a[0] - b[0])) / norm for a, b in pairs]
+                samples.append(max(distance))
+                equal = [d for d, (a, b) in zip(distance, pairs) if a[1] == b[1]]
+                same.append(max(equal) if equal else float("nan"))
                 time.sleep(args.every)
-            return samples
+            return samples, same
         finally:
             process.terminate()
             process.wait(60)
@@ -107,12 +115,15 @@ def main(argv: list[str] | None = None) -> int:
     if "downpour" not in strategies:
         strategies.insert(0, "downpour")  # the baseline
     results = {s: measure(s, args, specs) for s in strategies}
-    baseline = max(results["downpour"])
-    print(f"{'strategy':<10} {'max rel. distance':>18} {'last':>8} {'x downpour':>11}  samples")
-    for strategy, samples in results.items():
-        ratio = max(samples) / baseline if baseline else float("inf")
+    print(f"{'strategy':<10} {'largest':>8} {'last':>8} {'same commits':>13} {'pairs':>6}  samples")
+    for strategy, (samples, same) in results.items():
         series = " ".join(f"{s:.4f}" for s in samples)
-        print(f"{strategy:<10} {max(samples):>18.4f} {samples[-1]:>8.4f} {ratio:>11.2f}  {series}")
+        taken = [x for x in same if x == x]
+        worst_same = f"{max(taken):.2e}" if taken else "-"
+        print(
+            f"{strategy:<10} {max(samples):>8.4f} {samples[-1]:>8.4f} {worst_same:>13} "
+            f"{len(taken):>6}  {series}"
+        )
     return 0
 
 
