@@ -59,7 +59,7 @@ def run(n: int, args: argparse.Namespace, workdir: Path) -> dict:
         str(max_seconds),
         # Never stop at a target: train for the whole window.
         "--target-accuracy",
-        "2",
+        "0",
         "--quiet",
         "--log-dir",
         str(workdir / f"logs-{n}"),

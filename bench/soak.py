@@ -101,7 +101,7 @@ def main() -> int:
                 "--max-seconds",
                 str(seconds),
                 "--target-accuracy",
-                "2",  # never stop early
+                "0",  # never stop early
                 "--quiet",
                 "--summary-json",
                 str(summary_path),

@@ -15,7 +15,7 @@ straggler's) and bytes sent. Writes a table into bench/RESULTS.md (section
 Accuracy curves come from the live progress lines of `dasgd-peer local`
 (one per second). Accuracy at 30 s (counted, like the times, from the moment
 all peers step) is read from the curve when the run lasted that long; a run
-that reached the target sooner is repeated with an unreachable target and a
+that reached the target sooner is repeated with no target (0) and a
 time limit just past that point.
 """
 
@@ -134,12 +134,12 @@ def measure(
     run = run_cluster(command, summary_path, timeout=args.max_seconds + 90)
     accuracies = accuracy_at(run, args.accuracy_at)
     if accuracies is None and not args.quick:
-        # The run stopped at the target sooner: run again with an unreachable one.
+        # The run stopped at the target sooner: run again with none.
         short_path = workdir / f"{strategy}-{scenario}-short.json"
         limit = (run.summary["setup_s"] or 10.0) + args.accuracy_at + 5.0
         short = run_cluster(
             local_command(
-                strategy, args.peers, slowdowns, 1.01, limit, short_path, extra=args.extra
+                strategy, args.peers, slowdowns, 0.0, limit, short_path, extra=args.extra
             ),
             short_path,
             timeout=limit + 90,

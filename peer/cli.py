@@ -237,7 +237,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--target-accuracy",
         type=float,
         default=0.95,
-        help="stop once every peer reached this test accuracy (default 0.95)",
+        help="stop once every peer reached this test accuracy (default 0.95; 0: no target, "
+        "train until --max-seconds)",
     )
     local.add_argument(
         "--max-seconds", type=float, default=120.0, help="stop after this long (default 120)"

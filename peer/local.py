@@ -152,15 +152,16 @@ class PeerTrack:
             self.first_step_at = status.first_step_at
         for evaluation in status.evaluations:
             self.history.append((evaluation.at - launch, evaluation.accuracy, evaluation.step))
-            if self.reached_at is None and evaluation.accuracy >= target:
+            if target and self.reached_at is None and evaluation.accuracy >= target:
                 self.reached_at = evaluation.at
         return status
 
-    def samples_per_s(self) -> float:
+    def samples_per_s(self) -> float | None:
+        """None when the window held fewer than two polls (a very short run)."""
         if self.window_start is None or self.window_end is None:
-            return 0.0
+            return None
         (t0, s0), (t1, s1) = self.window_start, self.window_end
-        return (s1 - s0) / (t1 - t0) if t1 > t0 else 0.0
+        return (s1 - s0) / (t1 - t0) if t1 > t0 else None
 
 
 def _passthrough_flags(args: argparse.Namespace) -> list[str]:
@@ -241,16 +242,18 @@ def _summary(tracks: list[PeerTrack], args: argparse.Namespace, launch: float, e
     statuses = [t.last for t in tracks if t.last is not None]
     counts = [s.staleness.count for s in statuses]
     total = sum(counts)
-    reached = all(t.reached_at is not None for t in tracks)
+    target = args.target_accuracy or None  # 0: none, train until --max-seconds
+    reached = all(t.reached_at is not None for t in tracks) if target else None
     all_stepping = (
         max(t.first_step_at for t in tracks) if all(t.first_step_at for t in tracks) else None
     )
     reached_at = max(t.reached_at for t in tracks) if reached else None
+    rates = [t.samples_per_s() for t in tracks]
     return {
         "strategy": args.strategy,
         "workload": args.workload,
         "peers": len(tracks),
-        "target_accuracy": args.target_accuracy,
+        "target_accuracy": target,
         "reached_target": reached,
         "setup_s": None if all_stepping is None else round(all_stepping - launch, 3),
         "time_to_target_s": None if reached_at is None else round(reached_at - launch, 3),
@@ -267,15 +270,19 @@ def _summary(tracks: list[PeerTrack], args: argparse.Namespace, launch: float, e
             if total
             else 0.0,
             "max": max((s.staleness.max for s in statuses), default=0),
-            "p95": max((s.staleness.p95 for s in statuses), default=0.0),
+            "p95": round(max((s.staleness.p95 for s in statuses), default=0.0), 3),
             "per_peer": [
-                {"avg": round(s.staleness.avg, 3), "max": s.staleness.max, "p95": s.staleness.p95}
+                {
+                    "avg": round(s.staleness.avg, 3),
+                    "max": s.staleness.max,
+                    "p95": round(s.staleness.p95, 3),
+                }
                 for s in statuses
             ],
         },
         # Aggregate throughput from the moment every peer was stepping.
-        "samples_per_s": round(sum(t.samples_per_s() for t in tracks), 1),
-        "samples_per_s_per_peer": [round(t.samples_per_s(), 1) for t in tracks],
+        "samples_per_s": None if None in rates else round(sum(rates), 1),
+        "samples_per_s_per_peer": [None if r is None else round(r, 1) for r in rates],
         "bytes_sent": sum(s.bytes_sent for s in statuses),
         "updates_applied": sum(s.updates_applied for s in statuses),
         "wall_s": round(end - launch, 3),
@@ -299,10 +306,14 @@ def _print_table(tracks: list[PeerTrack], summary: dict, launch: float) -> None:
             f"{s.staleness.avg:>10.2f}{s.staleness.max:>10}{s.updates_applied:>9}"
             f"{s.bytes_sent / 1e6:>9.1f}"
         )
-    verdict = "reached" if summary["reached_target"] else "did NOT reach"
+    if summary["target_accuracy"] is None:
+        verdict = "trained with no target "
+    else:
+        verdict = ("reached " if summary["reached_target"] else "did NOT reach ") + (
+            f"{summary['target_accuracy']:.2%} "
+        )
     print(
-        f"\n{summary['peers']} peers, {summary['strategy']} on {summary['workload']}: {verdict} "
-        f"{summary['target_accuracy']:.2%} "
+        f"\n{summary['peers']} peers, {summary['strategy']} on {summary['workload']}: {verdict}"
         + (f"in {summary['time_to_target_s']:.1f}s " if summary["reached_target"] else "")
         + (
             f"(setup {summary['setup_s']}s, "
@@ -311,7 +322,12 @@ def _print_table(tracks: list[PeerTrack], summary: dict, launch: float) -> None:
         )
         + f"wall {summary['wall_s']:.1f}s); staleness avg "
         f"{summary['staleness']['avg']}, max {summary['staleness']['max']}, "
-        f"p95 {summary['staleness']['p95']}; {summary['samples_per_s']:.0f} samples/s in all"
+        f"p95 {summary['staleness']['p95']}; "
+        + (
+            f"{summary['samples_per_s']:.0f} samples/s in all"
+            if summary["samples_per_s"] is not None
+            else "samples/s not measured (too short)"
+        )
     )
 
 
@@ -329,13 +345,14 @@ def write_plot(tracks: list[PeerTrack], summary: dict, path: str) -> None:
                 f", {t.slowdown:g}x slower" if t.slowdown != 1 else ""
             )
             ax.plot(xs, ys, label=label, linewidth=1.5)
-    ax.axhline(
-        summary["target_accuracy"],
-        color="grey",
-        linestyle="--",
-        linewidth=1,
-        label=f"target {summary['target_accuracy']:.0%}",
-    )
+    if summary["target_accuracy"] is not None:
+        ax.axhline(
+            summary["target_accuracy"],
+            color="grey",
+            linestyle="--",
+            linewidth=1,
+            label=f"target {summary['target_accuracy']:.0%}",
+        )
     ax.set_xlabel("seconds since launch")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.0)
@@ -360,18 +377,38 @@ def _prepare_workload(name: str) -> None:
         load_split()
 
 
+def parse_slowdowns(text: str, peers: int) -> list[float]:
+    """`--slowdowns 4,1,1,1`: one factor > 0 per peer (all 1 when empty)."""
+    if not text:
+        return [1.0] * peers
+    try:
+        factors = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--slowdowns {text!r}: give numbers, e.g. 4,1,1,1") from None
+    if len(factors) != peers:
+        raise ValueError(f"--slowdowns has {len(factors)} factors for {peers} peers")
+    if not all(f > 0 for f in factors):  # also refuses nan
+        raise ValueError(f"--slowdowns {text!r}: every factor must be > 0")
+    return factors
+
+
 def run_local(args: argparse.Namespace) -> int:
     launch = time.time()
     n = args.peers
     if n < 1:
         print("dasgd-peer local: --peers must be >= 1", file=sys.stderr)
         return 2
-    slowdowns = [float(x) for x in args.slowdowns.split(",")] if args.slowdowns else [1.0] * n
-    if len(slowdowns) != n:
-        print(
-            f"dasgd-peer local: --slowdowns has {len(slowdowns)} factors for {n} peers",
-            file=sys.stderr,
-        )
+    try:
+        slowdowns = parse_slowdowns(args.slowdowns, n)
+        if not 0 <= args.target_accuracy <= 1:
+            raise ValueError(
+                f"--target-accuracy {args.target_accuracy}: a fraction in [0, 1] (0.95 for "
+                "95%; 0 for none: train until --max-seconds)"
+            )
+        if not args.max_seconds > 0:
+            raise ValueError(f"--max-seconds {args.max_seconds}: must be > 0")
+    except ValueError as error:
+        print(f"dasgd-peer local: {error}", file=sys.stderr)
         return 2
     workload = getattr(args, "workload", "digits-mlp")
     args.workload = workload
@@ -474,7 +511,7 @@ def run_local(args: argparse.Namespace) -> int:
                     why = last_error(t.child.log_path)
                     why = f": {why}" if why else ""
                     print(f"{t.child.name} exited{why}; log: {t.child.log_path}", file=sys.stderr)
-            if all(t.reached_at is not None for t in tracks):
+            if args.target_accuracy and all(t.reached_at is not None for t in tracks):
                 break
             if len(exited) == len(tracks):
                 print("every peer has exited", file=sys.stderr)
@@ -493,6 +530,8 @@ def run_local(args: argparse.Namespace) -> int:
         if interrupted.is_set():
             print("interrupted", file=sys.stderr)
             return 130
+        if summary["target_accuracy"] is None:
+            return 1 if exited else 0  # no target: a peer that died is the failure
         return 0 if summary["reached_target"] else 1
     except RuntimeError as error:
         print(f"dasgd-peer local: {error}", file=sys.stderr)

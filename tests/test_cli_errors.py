@@ -165,6 +165,13 @@ def test_peer_help_shows_each_default_once_and_its_environment_variable():
         (["--workload", "nosuch.mod:make"], "--workload 'nosuch.mod:make': no module 'nosuch.mod'"),
         (["--strategy", "bogus"], "--strategy 'bogus': choose one of adag, aeasgd, average"),
         (["--compression", "zip"], "--compression 'zip': choose raw, fp16, bf16"),
+        # Before: a ValueError traceback; the others were accepted, and a run
+        # with a target of 2 or a slowdown of 0 started.
+        (["--slowdowns", "x,1"], "--slowdowns 'x,1': give numbers, e.g. 4,1,1,1"),
+        (["--slowdowns", "0,1"], "--slowdowns '0,1': every factor must be > 0"),
+        (["--slowdowns", "1,1,1"], "--slowdowns has 3 factors for 2 peers"),
+        (["--target-accuracy", "95"], "--target-accuracy 95.0: a fraction in [0, 1] (0.95 for"),
+        (["--max-seconds", "0"], "--max-seconds 0.0: must be > 0"),
     ],
 )
 def test_local_refuses_a_bad_peer_flag_before_starting_anything(

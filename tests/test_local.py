@@ -75,7 +75,7 @@ def test_killing_local_outright_takes_every_daemon_with_it(tmp_path):
     log_dir = tmp_path / "logs"
     local = subprocess.Popen(
         [sys.executable, "-m", "peer.cli", "local", "--peers", "2", "--max-seconds", "120"]
-        + ["--target-accuracy", "2", "--step-delay-ms", "20", "--log-dir", str(log_dir)],
+        + ["--target-accuracy", "0", "--step-delay-ms", "20", "--log-dir", str(log_dir)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -96,3 +96,18 @@ def test_killing_local_outright_takes_every_daemon_with_it(tmp_path):
         for pid in daemons | {local.pid}:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_without_a_target_local_trains_until_the_time_limit(tmp_path):
+    # Before, benches passed an unreachable target (2); now such a value is
+    # refused as a likely typo (95 for 0.95), and 0 means no target.
+    summary_path = tmp_path / "summary.json"
+    returncode, output = run_local(
+        "--peers", "2", "--target-accuracy", "0", "--max-seconds", "6", "--quiet",
+        "--summary-json", str(summary_path), timeout=90,
+    )  # fmt: skip
+    assert returncode == 0, output[-3000:]
+    summary = json.loads(summary_path.read_text())
+    assert summary["target_accuracy"] is None and summary["reached_target"] is None
+    assert summary["wall_s"] >= 6 and min(summary["steps"]) > 0
+    assert "trained with no target" in output
