@@ -13,6 +13,7 @@ rounding only.
 
     .venv/bin/python bench/replicas.py
     .venv/bin/python bench/replicas.py --strategies downpour,dynsgd -- --no-warm-start
+    .venv/bin/python bench/replicas.py --peers 3 --restart   # one peer killed, restarted
 
 Commits still in flight when the pulls are made show up as a small
 difference; one that stays or grows is a bug.
@@ -21,11 +22,14 @@ difference; one that stays or grows is a bug.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +41,7 @@ from peer.codec import TensorSpec  # noqa: E402
 from peer.transport import pull_model  # noqa: E402
 from peer.workloads import load_workload, trainable_parameters  # noqa: E402
 from rpc import Security, make_channel  # noqa: E402
+from tests.daemons import Daemon  # noqa: E402
 
 COMMIT_STRATEGIES = ["downpour", "adag", "dynsgd", "aeasgd"]
 
@@ -56,6 +61,67 @@ def addresses(log_dir: Path, peers: int, timeout: float = 60.0) -> list[str]:
     raise RuntimeError(f"peers did not start; logs in {log_dir}")
 
 
+@contextlib.contextmanager
+def local_cluster(strategy: str, run_id: str, args: argparse.Namespace) -> Iterator[list[str]]:
+    """`dasgd-peer local`: the peers' addresses."""
+    with tempfile.TemporaryDirectory(prefix="dasgd-replicas-") as tmp:
+        log_dir = Path(tmp)
+        command = [
+            sys.executable, "-m", "peer.cli", "local", "--peers", str(args.peers),
+            "--workload", "digits-mlp", "--strategy", strategy, "--run-id", run_id,
+            "--target-accuracy", "0", "--max-seconds", str(args.seconds + 60),
+            "--step-delay-ms", "5", "--log-dir", str(log_dir), "--quiet", *args.extra,
+        ]  # fmt: skip
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            yield addresses(log_dir, args.peers)
+        finally:
+            process.terminate()
+            process.wait(60)
+
+
+@contextlib.contextmanager
+def restarted_cluster(strategy: str, run_id: str, args: argparse.Namespace) -> Iterator[list[str]]:
+    """A bootstrap and N `dasgd-peer run` with checkpoints; the last peer is
+    killed (SIGKILL) after the warm-up and started again on its checkpoint
+    directory (it resumes, then warm-starts from a neighbor)."""
+    with tempfile.TemporaryDirectory(prefix="dasgd-replicas-") as tmp:
+        daemons: list[Daemon] = []
+
+        def spawn(module: str, *flags: str) -> Daemon:
+            daemon = Daemon(
+                [sys.executable, "-m", module, *flags], Path(tmp) / f"{len(daemons)}.log"
+            )
+            daemons.append(daemon)
+            return daemon
+
+        try:
+            bootstrap = spawn("bootstrap.cli", "run", "--listen", "127.0.0.1:0", "--ttl", "2")
+
+            def peer(i: int) -> Daemon:
+                return spawn(
+                    "peer.cli", "run", "--bootstrap", bootstrap.address(),
+                    "--listen", "127.0.0.1:0", "--run-id", run_id, "--strategy", strategy,
+                    "--shard", f"{i}/{args.peers}", "--step-delay-ms", "5",
+                    "--checkpoint-dir", str(Path(tmp) / f"checkpoint-{i}"),
+                    "--checkpoint-every-steps", "50", *args.extra,
+                )  # fmt: skip
+
+            peers = [peer(i) for i in range(args.peers)]
+            found = [p.address() for p in peers]
+            time.sleep(args.warmup)
+            peers[-1].signal(signal.SIGKILL)
+            peers[-1].process.wait(10)
+            time.sleep(3)  # others train on meanwhile; commits to it are lost
+            found[-1] = peer(args.peers - 1).address()
+            yield found
+        finally:
+            for daemon in reversed(daemons):
+                daemon.stop()
+
+
 def measure(
     strategy: str, args: argparse.Namespace, specs: list[TensorSpec]
 ) -> tuple[list[float], list[float]]:
@@ -63,38 +129,24 @@ def measure(
     of peers, and over the pairs whose replicas had taken the same commits
     (equal vector clocks; nan if none): those must agree but for rounding."""
     run_id = f"replicas-{strategy}"
-    with tempfile.TemporaryDirectory(prefix="dasgd-replicas-") as tmp:
-        log_dir = Path(tmp)
-        command = [
-            sys.executable, "-m", "peer.cli", "local", "--peers", str(args.peers),
-            "--workload", "digits-mlp", "--strategy", strategy, "--run-id", run_id,
-            "--target-accuracy", "0", "--max-seconds", str(args.seconds + 30),
-            "--step-delay-ms", "5", "--log-dir", str(log_dir), "--quiet", *args.extra,
-        ]  # fmt: skip
-        process = subprocess.Popen(
-            command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        try:
-            peers = addresses(log_dir, args.peers)
-            time.sleep(args.warmup)
-            samples, same = [], []
-            for _ in range(max(1, int(args.seconds / args.every))):
-                pulled = []
-                for address in peers:
-                    with make_channel(address, Security()) as channel:
-                        arrays, clock = pull_model(channel, run_id, "bench", specs, "CENTER")
-                    pulled.append((np.concatenate([a.ravel() for a in arrays]), clock))
-                norm = float(np.linalg.norm(pulled[0][0]))
-                pairs = [(a, b) for i, a in enumerate(pulled) for b in pulled[i + 1 :]]
-                distance = [float(np.linalg.norm(a[0] - b[0])) / norm for a, b in pairs]
-                samples.append(max(distance))
-                equal = [d for d, (a, b) in zip(distance, pairs) if a[1] == b[1]]
-                same.append(max(equal) if equal else float("nan"))
-                time.sleep(args.every)
-            return samples, same
-        finally:
-            process.terminate()
-            process.wait(60)
+    cluster = restarted_cluster if args.restart else local_cluster
+    with cluster(strategy, run_id, args) as peers:
+        time.sleep(args.warmup)
+        samples, same = [], []
+        for _ in range(max(1, int(args.seconds / args.every))):
+            pulled = []
+            for address in peers:
+                with make_channel(address, Security()) as channel:
+                    arrays, clock = pull_model(channel, run_id, "bench", specs, "CENTER")
+                pulled.append((np.concatenate([a.ravel() for a in arrays]), clock))
+            norm = float(np.linalg.norm(pulled[0][0]))
+            pairs = [(a, b) for i, a in enumerate(pulled) for b in pulled[i + 1 :]]
+            distance = [float(np.linalg.norm(a[0] - b[0])) / norm for a, b in pairs]
+            samples.append(max(distance))
+            equal = [d for d, (a, b) in zip(distance, pairs) if a[1] == b[1]]
+            same.append(max(equal) if equal else float("nan"))
+            time.sleep(args.every)
+        return samples, same
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +156,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=15.0, help="sampling time")
     parser.add_argument("--every", type=float, default=3.0, help="seconds between samples")
     parser.add_argument("--warmup", type=float, default=4.0, help="after the peers listen")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="`dasgd-peer run` peers with checkpoints; the last is killed and restarted",
+    )
     parser.add_argument("extra", nargs="*", help="after --: more flags for `dasgd-peer local`")
     args = parser.parse_args(argv)
     workload = load_workload("digits-mlp")
