@@ -439,6 +439,19 @@ class Assembler:
         return out
 
 
+def round_trip(arrays: Sequence[np.ndarray], codec: str) -> list[np.ndarray]:
+    """The arrays as a receiver decodes them from `codec` (with the scale a
+    sender would pick): a sender adding an update to its own replica adds
+    this, so its replica and its receivers' take the same values."""
+    _check_codec(codec)
+    if codec == RAW_F32:
+        return list(arrays)
+    scale = f16_scale(arrays) if codec == F16 else 1.0
+    scale = float(np.float32(scale))  # as the header carries it
+    specs = [TensorSpec(str(i), tuple(a.shape)) for i, a in enumerate(arrays)]
+    return decode(encode(arrays, codec, scale), specs, codec, scale)
+
+
 def decode(
     buffer: bytes | bytearray | memoryview,
     specs: Sequence[TensorSpec],

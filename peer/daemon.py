@@ -104,7 +104,10 @@ class PeerDaemon:
         ]
         self.max_update_bytes = MAX_UPDATE_BYTES
         self.context = StrategyContext(
-            member_id=self.member_id, model=self.workload.model, optimizer=self.workload.optimizer
+            member_id=self.member_id,
+            model=self.workload.model,
+            optimizer=self.workload.optimizer,
+            wire_codec=config.compression,
         )
         self.strategy = make_strategy(config.strategy, self.context, **self._strategy_options())
         self.accepts = self.strategy.accepts

@@ -76,6 +76,9 @@ class StrategyContext:
     # gradient was computed from (before `after_local_step`).
     clock: VectorClock | None = None
     step_clock: dict[str, int] | None = None
+    # How updates travel (peer.codec: raw, fp16, bf16): a commit strategy
+    # adds to its own replica what its receivers will decode.
+    wire_codec: str = "raw"
 
 
 class Strategy:

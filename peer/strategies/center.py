@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from peer import codec
 from peer.strategies.base import CENTER, CENTER_COMMIT, Incoming, Outgoing, Strategy
 
 
@@ -84,7 +85,7 @@ class CommitStrategy(CenterReplicaStrategy):
         if self.steps_since_commit < self.window:
             return []
         self.steps_since_commit = 0
-        commit = self.make_commit()
+        commit = codec.round_trip(self.make_commit(), self.context.wire_codec)
         self.apply_commit(commit)
         return [Outgoing(CENTER_COMMIT, commit, clock=self.commit_clock())]
 
