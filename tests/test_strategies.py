@@ -238,28 +238,35 @@ def test_replicas_that_took_the_same_commits_hold_the_same_center(strategy):
         assert moved < (undamped["A"].center() - torch.tensor(START)).abs().sum()
 
 
+def deliver_decoded(peers: dict[str, Peer], wire: str) -> None:
+    """deliver_all, with every message's arrays as `wire` (fp16/bf16) decodes them."""
+    for name in sorted(peers):
+        for message, clock in peers[name].take_sent():
+            specs = [TensorSpec(str(i), a.shape) for i, a in enumerate(message.arrays)]
+            scale = codec.f16_scale(message.arrays) if wire == "fp16" else 1.0
+            encoded = codec.encode(message.arrays, wire, scale)
+            message.arrays = codec.decode(encoded, specs, wire, scale)
+            for other in sorted(peers):
+                if other != name and message.to in (None, other):
+                    peers[other].receive((message, clock), name)
+
+
 @pytest.mark.parametrize("wire", ["fp16", "bf16"])
-@pytest.mark.parametrize("strategy", ["downpour", "dynsgd", "aeasgd"])
-def test_with_compression_a_committer_adds_what_its_receivers_decode(strategy, wire):
-    # Before: the committer added its exact commit, the receivers the one
-    # decoded from fp16/bf16, and the replicas drifted apart by the rounding
-    # (2 peers, bf16, 20 s: 2e-4 of a replica's norm with equal clocks).
+@pytest.mark.parametrize("strategy", ["downpour", "dynsgd", "aeasgd", "easgd"])
+def test_with_compression_replicas_add_the_values_their_receivers_decode(strategy, wire):
+    # Before: a committer added its exact commit (EASGD: its exact model) to
+    # its own replica, the receivers the one decoded from fp16/bf16, and the
+    # replicas drifted apart by the rounding (2 peers, bf16, 20 s: 2e-4 of a
+    # replica's norm with equal clocks; EASGD 1.6e-3).
     peers = network(strategy, {"A": [1.0, 0.0], "B": [0.0, 1.0]}, window=1)
     for peer in peers.values():
         peer.strategy.context.wire_codec = wire
     for _ in range(3):
-        for name, peer in peers.items():
-            peer.step()
-            for message, clock in peer.take_sent():
-                specs = [TensorSpec(str(i), a.shape) for i, a in enumerate(message.arrays)]
-                scale = codec.f16_scale(message.arrays) if wire == "fp16" else 1.0
-                decoded = codec.decode(
-                    codec.encode(message.arrays, wire, scale), specs, wire, scale
-                )
-                message.arrays = decoded  # as the wire delivers it
-                for other in peers:
-                    if other != name:
-                        peers[other].receive((message, clock), name)
+        for name in sorted(peers):
+            peers[name].step()
+            if strategy != "easgd":  # commits: one peer's arrives before the other steps
+                deliver_decoded(peers, wire)
+        deliver_decoded(peers, wire)  # easgd: the round closes
     assert torch.equal(peers["A"].center(), peers["B"].center())
     assert not torch.equal(peers["A"].center(), torch.tensor(START))
 

@@ -9,7 +9,8 @@ applies exactly the published rule with α = lr·ρ (ρ default 5):
 
 both from the values before the round (the own x_i included in the sum).
 With the `all` topology every replica sees the same round's models, so the
-replicas stay equal.
+replicas stay equal (with fp16/bf16, each takes its own model into the
+center as the others decoded it).
 
 The center moves by β = p·α times the distance to the round's mean (p
 models in the round). The paper picks α = β/p for its many-worker runs; with
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from peer import codec
 from peer.strategies.center import CenterReplicaStrategy
 from peer.strategies.rounds import RoundStrategy
 
@@ -44,10 +46,13 @@ class EASGD(RoundStrategy, CenterReplicaStrategy):
 
     def close_round(self, own: list[np.ndarray], others: list[list[np.ndarray]]) -> None:
         alpha = self.round_alpha(1 + len(others))
+        # The center takes the own model as the others decoded it (fp16/bf16),
+        # so every replica adds the same values; the model keeps its own.
+        sent = codec.round_trip(own, self.context.wire_codec)
         new_model, new_center = [], []
-        for center, x_own, *x_others in zip(self.center_replica, own, *others):
+        for center, x_own, x_sent, *x_others in zip(self.center_replica, own, sent, *others):
             new_model.append(x_own - alpha * (x_own - center))
-            pull = sum(x - center for x in (x_own, *x_others))
+            pull = sum(x - center for x in (x_sent, *x_others))
             new_center.append(center + alpha * pull)
         self.set_model(new_model)
         self.center_replica = new_center
