@@ -153,7 +153,8 @@ def _format_status(status: peer_pb2.StatusResponse) -> str:
         f"training  {status.workload} / {status.strategy}: step {status.step}, "
         f"loss {status.loss:.4f}, accuracy {status.accuracy:.4f}, "
         f"{status.samples_per_s:.0f} samples/s",
-        f"updates   applied {status.updates_applied}, rejected {status.updates_rejected}; "
+        f"updates   applied {status.updates_applied}, rejected {status.updates_rejected}, "
+        f"discarded {status.updates_discarded}; "
         f"bytes sent {status.bytes_sent}, received {status.bytes_received}",
         f"staleness avg {s.avg:.2f}  max {s.max}  p50 {s.p50:.1f}  p95 {s.p95:.1f}  "
         f"p99 {s.p99:.1f}  (n={s.count})",

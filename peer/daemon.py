@@ -647,6 +647,7 @@ class PeerDaemon:
             neighbors=neighbors,
             updates_applied=stats.updates_applied,
             updates_rejected=sum(self.rejected.values()),
+            updates_discarded=stats.updates_discarded,
             # Every byte since start, to neighbors gone too: a counter.
             bytes_sent=sum(n.bytes_sent for n in neighbors)
             + (self.outbox.retired_bytes_sent if self.outbox else 0),

@@ -40,6 +40,11 @@ class StatusCollector(Collector):
         yield counter("dasgd_samples", "Training examples in local steps", s.samples)
         yield counter("dasgd_updates_applied", "Received updates applied", s.updates_applied)
         yield counter("dasgd_updates_rejected", "Received updates rejected", s.updates_rejected)
+        yield counter(
+            "dasgd_updates_discarded",
+            "Received updates the strategy did not apply (late round model, already held)",
+            s.updates_discarded,
+        )
         yield counter("dasgd_sent_bytes", "Payload bytes sent to neighbors", s.bytes_sent)
         yield counter("dasgd_received_bytes", "Payload bytes received", s.bytes_received)
         yield gauge("dasgd_staleness_avg", "Average staleness of applied updates", s.staleness.avg)

@@ -16,6 +16,8 @@ def test_status_text_says_how_the_peer_started():
     warm = _format_status(peer_pb2.StatusResponse(warm_started_from="p-1", initial_accuracy=0.93))
     assert "warm-started from p-1, accuracy 0.9300 before its first step" in warm
     assert "started from the initial model" in _format_status(peer_pb2.StatusResponse())
+    counts = _format_status(peer_pb2.StatusResponse(updates_applied=9, updates_discarded=2))
+    assert "applied 9, rejected 0, discarded 2" in counts
 
 
 def test_a_peer_that_does_not_answer_gets_a_hint_about_tls():

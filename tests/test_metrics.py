@@ -63,3 +63,13 @@ def test_status_returns_evaluations_since_a_time(peer):
     assert later and all(e.at > middle for e in later)
     steps = [e.step for e in everything]
     assert steps == sorted(steps) and all(0 <= e.accuracy <= 1 for e in everything)
+
+
+def test_updates_the_strategy_discarded_are_shown(peer):
+    # Before, only the trainer counted them: Status and /metrics had applied
+    # and rejected updates, and a late round model or a warm start's
+    # duplicate was in neither.
+    wait_until(lambda: peer.trainer.stats.step >= 5, 30)
+    peer.trainer.stats.updates_discarded = 3
+    assert peer.status().updates_discarded == 3
+    assert metric(scrape(peer.metrics_port), "dasgd_updates_discarded_total") == 3
