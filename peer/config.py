@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,8 +20,18 @@ STRATEGY_NAMES = ("dasgd", "average", "easgd", "aeasgd", "downpour", "adag", "dy
 WORKLOAD_NAMES = ("digits-mlp", "digits-wide")
 
 
+def search_current_directory() -> None:
+    """Lets `--workload mymodule:make` find mymodule.py in the directory the
+    command runs in, as `python -m` would: the `dasgd-peer` script alone
+    does not put it on sys.path."""
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+
+
 def _importable(module: str) -> bool:
     """Whether `module` can be found, without running it (it may import torch)."""
+    search_current_directory()
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):

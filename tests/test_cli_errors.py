@@ -226,3 +226,19 @@ def test_a_workload_the_wire_cannot_carry_is_refused_before_training(factory: st
     assert result.returncode == 2
     expected = f"workload 'tests.odd_workloads:{factory}': {message}"
     assert_one_clear_line(result, "dasgd-peer", expected)
+
+
+def test_the_installed_command_finds_a_workload_module_in_its_directory(tmp_path: Path):
+    # Before: `dasgd-peer` (the console script, unlike `python -m`) did not
+    # search the directory it ran in: "no module 'my_workload' to import".
+    (tmp_path / "my_workload.py").write_text(
+        "def make(shard_index=0, shard_count=1, **kwargs):\n"
+        "    raise ValueError('my_workload.make was called')\n"
+    )
+    script = Path(sys.executable).with_name("dasgd-peer")
+    result = subprocess.run(
+        [str(script), "run", "--bootstrap", "127.0.0.1:1", "--listen", "127.0.0.1:0",
+         "--workload", "my_workload:make"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert_one_clear_line(result, "dasgd-peer", "my_workload.make was called")

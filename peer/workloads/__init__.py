@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from peer.config import search_current_directory
+
 
 @dataclass
 class Workload:
@@ -59,6 +61,7 @@ def load_workload(
         raise ValueError(
             f"unknown workload {spec!r}: use one of {', '.join(BUILTIN)} or module:factory"
         )
+    search_current_directory()
     try:
         module = importlib.import_module(module_name)
     except ImportError as error:
