@@ -32,6 +32,7 @@ counted. An update that fits one chunk travels inside its header's message.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -99,6 +100,8 @@ MAX_COUNTER = 1 << 62
 # Trailing metadata of a Push refused for its sequence: the last sequence the
 # receiver has from that sender, so the sender can go on above it.
 LAST_SEQUENCE_KEY = "dasgd-last-sequence"
+# The same rejection is logged at most once per this many seconds (counted).
+REJECTION_LOG_INTERVAL_S = 60.0
 
 
 def kind_name(kind: int) -> str:
@@ -985,6 +988,21 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
         self._sequence_lock = threading.Lock()
         self.bytes_received = 0
         self._bytes_lock = threading.Lock()
+        # Rejection message -> (when last logged, how many since): a sender
+        # retrying the same bad update is logged once a minute, not per try.
+        self._rejections_logged: dict[str, tuple[float, int]] = {}
+        self._log_lock = threading.Lock()
+
+    def _log_rejection(self, message: str) -> None:
+        now = time.monotonic()
+        with self._log_lock:
+            logged_at, since = self._rejections_logged.get(message, (-math.inf, 0))
+            if now - logged_at < REJECTION_LOG_INTERVAL_S:
+                self._rejections_logged[message] = (logged_at, since + 1)
+                return
+            put_recent(self._rejections_logged, message, (now, 0))
+        more = f" ({since} more like it in the last {now - logged_at:.0f} s)" if since else ""
+        log.warning("rejected update: %s%s", message, more)
 
     def check_header(self, header: peer_pb2.UpdateHeader, restart: bool = False) -> codec.Assembler:
         """Validates a header against the local model; returns the assembler.
@@ -1066,7 +1084,7 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
 
     def _abort(self, context: grpc.ServicerContext, rejected: RejectedUpdate) -> None:
         self.node.count_rejection(rejected.code)
-        log.warning("rejected update: %s", rejected.message)
+        self._log_rejection(rejected.message)
         if rejected.last_sequence is not None:
             context.set_trailing_metadata(((LAST_SEQUENCE_KEY, str(rejected.last_sequence)),))
         context.abort(rejected.code, rejected.message)

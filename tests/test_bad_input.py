@@ -721,3 +721,19 @@ def test_pulled_model_is_validated(target: Target, scripted_peer, case: str):
     servicer.answer = answer(target)
     with make_channel(address) as channel, pytest.raises(codec.DecodeError, match=message):
         pull_model(channel, RUN_ID, SENDER, target.peer.specs, timeout=10)
+
+
+def test_a_sender_retrying_the_same_bad_update_is_logged_once(
+    target: Target, caplog: pytest.LogCaptureFixture
+):
+    # Before: one warning per try; a sender with another workload retries
+    # every 2 s for as long as both run (8 warnings in 12 s, a line every 2 s).
+    caplog.set_level("WARNING", logger="peer.transport")
+    before = target.peer.status().updates_rejected
+    for run_id in ["retrying-a"] * 3 + ["retrying-b"]:  # names no other test uses
+        with pytest.raises(grpc.RpcError):
+            target.push([peer_pb2.Chunk(header=target.header(run_id=run_id))])
+    logged = [r.getMessage() for r in caplog.records if "rejected update" in r.getMessage()]
+    assert len([m for m in logged if "'retrying-a'" in m]) == 1, logged
+    assert len([m for m in logged if "'retrying-b'" in m]) == 1, logged
+    assert target.peer.status().updates_rejected == before + 4  # all refused and counted
