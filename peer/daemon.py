@@ -81,6 +81,7 @@ class PeerDaemon:
         # still taken (see is_member).
         self._departed: dict[str, float] = {}
         self._members_version = 0  # of the last list applied (see _on_members)
+        self._duplicate_reported = ""  # the other address of our id, once logged
         self._last_refresh = 0.0
         self.rejected: dict[str, int] = {}
         self._rejected_lock = threading.Lock()
@@ -444,6 +445,7 @@ class PeerDaemon:
                     return
                 self._members_version = version
             current = {m.id: m for m in members if m.run_id in ("", self.run_id)}
+            self._check_own_entry(current.get(self.member_id), version)
             for gone in self._members.keys() - current.keys():
                 self._departed[gone] = now + grace
             self._departed = {
@@ -455,6 +457,22 @@ class PeerDaemon:
                 self._departed.pop(min(self._departed, key=self._departed.__getitem__))
             self._members = current
         self._update_neighbors()
+
+    def _check_own_entry(self, own: membership_pb2.Member | None, version: int | None) -> None:
+        """Two peers started with one --member-id: the bootstrap keeps the
+        address of the last to join, and neither peer's updates reach the
+        other. The one whose address was replaced says so."""
+        if version is None or own is None or not self.address or own.address == self.address:
+            return
+        if self._duplicate_reported != own.address:
+            self._duplicate_reported = own.address
+            log.error(
+                "the bootstrap lists this peer's id %s at %s, not at %s: another peer "
+                "runs with the same --member-id (or this one's address changed)",
+                self.member_id,
+                own.address,
+                self.address,
+            )
 
     def learn_members(self, members: Sequence[membership_pb2.Member]) -> None:
         """Peer exchange: adds members others know (never removes).

@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from rpc.server import advertise_address
-from tests.conftest import member_ids, peer_status, wait_until
+from tests.conftest import member_ids, peer_status, start_peer, wait_until
 
 
 def outward_ipv4() -> str | None:
@@ -51,3 +51,22 @@ def test_a_wildcard_is_advertised_as_the_address_that_reaches_the_bootstrap(spaw
     assert address.startswith(f"{outward}:")
     wait_until(lambda: member_ids(f"127.0.0.1:{port}", "wide"), 30)
     assert peer_status(address).address == address
+
+
+@pytest.mark.slow
+def test_two_peers_with_one_member_id_are_reported(spawn):
+    # Before: both trained, each alone (the bootstrap kept the second's
+    # address under the shared id), and nothing said so.
+    bootstrap = spawn("bootstrap", "run", "--listen", "127.0.0.1:0").address()
+    same = ("--member-id", "p-same", "--step-delay-ms", "10")
+    first = start_peer(spawn, bootstrap, "dup", *same)
+    first_address = first.address()
+    wait_until(lambda: peer_status(first_address).step > 0, 60)
+    second_address = start_peer(spawn, bootstrap, "dup", *same).address()
+    wait_until(
+        lambda: (
+            f"lists this peer's id p-same at {second_address}, not at {first_address}"
+            in first.log()
+        ),
+        30,
+    )
