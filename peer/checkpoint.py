@@ -49,6 +49,20 @@ def _to_arrays(value: Any) -> Any:
     return value
 
 
+def check_directory(directory: str | Path) -> None:
+    """Creates `directory` if needed and checks that a file can be written
+    there: at start-up, rather than a failed checkpoint every interval."""
+    if Path(directory).exists() and not Path(directory).is_dir():
+        raise ValueError(f"--checkpoint-dir {directory}: a file, not a directory")
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ValueError(f"--checkpoint-dir {directory}: {reason}") from None
+
+
 def save(directory: str | Path, state: dict[str, Any]) -> Path:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

@@ -162,6 +162,11 @@ class PeerConfig:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative")
+        if not -1 <= self.metrics_port <= 65535:
+            raise ValueError(
+                f"--metrics-port {self.metrics_port}: -1 (off), 0 (any free port) or a port "
+                "up to 65535"
+            )
         if self.training_cpus:
             from peer.cpus import split_cpus
 

@@ -143,6 +143,7 @@ class PeerDaemon:
         self._cut_links: set[str] = set()
         self._fault_read_at = 0.0
         if config.checkpoint_dir:
+            checkpoint.check_directory(config.checkpoint_dir)
             self._resume(checkpoint.load(config.checkpoint_dir))
 
     # --- checkpoints --------------------------------------------------------
@@ -239,6 +240,18 @@ class PeerDaemon:
         self.server = start_server(
             self.config.listen, self.security, self._register, max_workers=64
         )
+        if self.config.metrics_port >= 0:  # now: a taken port is found before joining
+            host = split_host_port(self.config.listen)[0] or "127.0.0.1"
+            try:
+                self.metrics_server = serve_metrics(self.config.metrics_port, self.status, host)
+            except OSError as error:
+                self.server.stop(grace=0)
+                raise OSError(
+                    f"--metrics-port {self.config.metrics_port}: cannot listen on "
+                    f"{host}: {error.strerror or error}"
+                ) from None
+            self.metrics_port = self.metrics_server.server_port
+            log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
         self.address = self.config.advertise or advertise_address(
             self.config.listen, self.server.port, self.config.bootstrap
         )
@@ -301,11 +314,6 @@ class PeerDaemon:
         self.initial_accuracy = self.trainer.stats.accuracy
         if self.config.checkpoint_dir:
             threading.Thread(target=self._checkpoint_loop, name="checkpoint", daemon=True).start()
-        if self.config.metrics_port >= 0:
-            host = split_host_port(self.config.listen)[0] or "127.0.0.1"
-            self.metrics_server = serve_metrics(self.config.metrics_port, self.status, host)
-            self.metrics_port = self.metrics_server.server_port
-            log.info("metrics on http://%s:%d/metrics", host, self.metrics_port)
         if self.config.training_cpus:
             training, rest = split_cpus(self.config.training_cpus)
             pin_all_threads(rest)  # threads started later inherit it

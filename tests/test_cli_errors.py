@@ -242,3 +242,33 @@ def test_the_installed_command_finds_a_workload_module_in_its_directory(tmp_path
         cwd=tmp_path, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL,
     )  # fmt: skip
     assert_one_clear_line(result, "dasgd-peer", "my_workload.make was called")
+
+
+def test_a_taken_metrics_port_is_named_before_joining(taken_port: int):
+    # Before: found only after the join (15 s with no bootstrap), as
+    # "[Errno 98] Address already in use"; a port above 65535 was a traceback.
+    result = cli(*DAEMONS["dasgd-peer"], "--listen", "127.0.0.1:0",
+                 "--metrics-port", str(taken_port), timeout=60)  # fmt: skip
+    assert result.returncode == 2 and "going on as" not in result.stderr
+    assert_one_clear_line(
+        result, "dasgd-peer", f"--metrics-port {taken_port}: cannot listen on 127.0.0.1:"
+    )
+    result = cli(*DAEMONS["dasgd-peer"], "--listen", "127.0.0.1:0", "--metrics-port", "99999")
+    assert result.returncode == 2
+    assert_one_clear_line(result, "dasgd-peer", "--metrics-port 99999: -1 (off), 0 (any")
+
+
+@pytest.mark.parametrize(
+    "where, message",
+    [("file", "a file, not a directory"), ("file/sub", "Not a directory")],
+)
+def test_an_unusable_checkpoint_directory_is_refused_at_start(
+    tmp_path: Path, where: str, message: str
+):
+    # Before: the peer trained, and every checkpoint failed (an ERROR in its
+    # log every interval) with nothing saved.
+    (tmp_path / "file").write_text("not a directory")
+    result = cli(*DAEMONS["dasgd-peer"], "--listen", "127.0.0.1:0",
+                 "--checkpoint-dir", str(tmp_path / where), timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert_one_clear_line(result, "dasgd-peer", f"--checkpoint-dir {tmp_path / where}: {message}")
