@@ -23,6 +23,9 @@ import torch
 from peer.staleness import VectorClock
 from peer.workloads import floating_buffers, trainable_parameters
 
+Arrays = list[np.ndarray]
+Clock = dict[str, int]  # member id -> how many of its updates (a vector clock)
+
 # Update kinds, as named on the wire (dasgd.v1.UpdateKind).
 GRADIENT = "GRADIENT"
 DELTA = "DELTA"
@@ -126,12 +129,7 @@ class Strategy:
             return [b.detach().float().numpy().copy() for b in self.buffers]
         return self.model_arrays() if kind == MODEL else None
 
-    def load_model(
-        self,
-        model: list[np.ndarray],
-        center: list[np.ndarray] | None,
-        clock: dict[str, int] | None = None,
-    ) -> None:
+    def load_model(self, model: Arrays, center: Arrays | None, clock: Clock | None = None) -> None:
         """Warm start: adopt a neighbor's model (and center replica, if any)
         and the vector clock of what the adopted state holds."""
         self.set_model(model)

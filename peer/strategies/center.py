@@ -12,7 +12,15 @@ from __future__ import annotations
 import numpy as np
 
 from peer import codec
-from peer.strategies.base import CENTER, CENTER_COMMIT, Incoming, Outgoing, Strategy
+from peer.strategies.base import (
+    CENTER,
+    CENTER_COMMIT,
+    Arrays,
+    Clock,
+    Incoming,
+    Outgoing,
+    Strategy,
+)
 
 
 def copy_arrays(arrays: list[np.ndarray]) -> list[np.ndarray]:
@@ -38,12 +46,7 @@ class CenterReplicaStrategy(Strategy):
             return copy_arrays(self.center_replica)
         return super().snapshot(kind)
 
-    def load_model(
-        self,
-        model: list[np.ndarray],
-        center: list[np.ndarray] | None,
-        clock: dict[str, int] | None = None,
-    ) -> None:
+    def load_model(self, model: Arrays, center: Arrays | None, clock: Clock | None = None) -> None:
         """A joiner adopts the network's center too; without one, its model is the best guess."""
         super().load_model(model, center, clock if center is not None else None)
         self.center_replica = copy_arrays(center if center is not None else model)

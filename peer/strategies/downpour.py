@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from peer.strategies.base import Arrays, Clock
 from peer.strategies.center import CommitStrategy, copy_arrays
 
 
@@ -54,12 +55,7 @@ class Downpour(CommitStrategy):
         self.model_at_last_pull = self.model_arrays()
         self.clock_at_last_pull = self._now()
 
-    def load_model(
-        self,
-        model: list[np.ndarray],
-        center: list[np.ndarray] | None,
-        clock: dict[str, int] | None = None,
-    ) -> None:
+    def load_model(self, model: Arrays, center: Arrays | None, clock: Clock | None = None) -> None:
         super().load_model(model, center, clock)
         self.model_at_last_pull = self.model_arrays()
         self.clock_at_last_pull = self._now()
