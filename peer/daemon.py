@@ -82,6 +82,7 @@ class PeerDaemon:
         self._departed: dict[str, float] = {}
         self._members_version = 0  # of the last list applied (see _on_members)
         self._duplicate_reported = ""  # the other address of our id, once logged
+        self.address = ""  # what the bootstrap lists for us; set by start()
         self._last_refresh = 0.0
         self.rejected: dict[str, int] = {}
         self._rejected_lock = threading.Lock()
