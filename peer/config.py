@@ -258,8 +258,13 @@ def load_config(args: argparse.Namespace | None = None, environ: dict | None = N
     fields = {f.name: f for f in dataclasses.fields(PeerConfig)}
     config_file = getattr(args, "config", None) or environ.get("DASGD_CONFIG")
     if config_file:
-        with open(config_file, "rb") as fh:
-            table = tomllib.load(fh)
+        try:
+            with open(config_file, "rb") as fh:
+                table = tomllib.load(fh)
+        except OSError as error:
+            raise ValueError(f"--config {config_file}: {error.strerror or error}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ValueError(f"--config {config_file}: not valid TOML: {error}") from None
         for key, value in table.items():
             name = key.replace("-", "_")
             if name not in fields:

@@ -134,6 +134,18 @@ def test_a_bad_setting_in_the_config_file_is_named(tmp_path: Path):
         load_config(None, {"DASGD_CONFIG": str(config_file)})
 
 
+def test_a_config_file_that_is_missing_or_not_toml_is_named(tmp_path: Path):
+    # Before: "[Errno 2] No such file or directory: ..." and "Invalid value
+    # (at end of document)", the second without the file's name.
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(ValueError, match=re.escape(f"--config {missing}: No such file")):
+        load_config(None, {"DASGD_CONFIG": str(missing)})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("queue_size = [\n")
+    with pytest.raises(ValueError, match=re.escape(f"--config {broken}: not valid TOML: ")):
+        load_config(None, {"DASGD_CONFIG": str(broken)})
+
+
 def test_peer_cli_names_a_bad_environment_variable():
     result = cli("peer.cli", "run", env={"DASGD_QUEUE_SIZE": "abc"}, timeout=60)
     assert result.returncode == 2
