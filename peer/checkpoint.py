@@ -52,11 +52,12 @@ def _to_arrays(value: Any) -> Any:
 def check_directory(directory: str | Path) -> None:
     """Creates `directory` if needed and checks that a file can be written
     there: at start-up, rather than a failed checkpoint every interval."""
-    if Path(directory).exists() and not Path(directory).is_dir():
+    path = Path(directory)
+    if path.exists() and not path.is_dir():
         raise ValueError(f"--checkpoint-dir {directory}: a file, not a directory")
     try:
-        Path(directory).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as error:
         reason = error.strerror or str(error)

@@ -396,10 +396,9 @@ class PeerDaemon:
                     try:
                         # The replica with the clock of what it holds: commits
                         # in it may also be on their way here.
-                        center, center_clock = pull_model(
+                        center, clock = pull_model(
                             channel, self.run_id, self.member_id, self.specs, CENTER
                         )
-                        clock = center_clock
                     except grpc.RpcError:
                         center = None
                 buffers = None
@@ -662,7 +661,7 @@ class PeerDaemon:
         return peer_pb2.StatusResponse(
             id=self.member_id,
             run_id=self.run_id,
-            address=getattr(self, "address", ""),
+            address=self.address,
             strategy=self.config.strategy,
             workload=self.config.workload,
             state=self.state,
