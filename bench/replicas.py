@@ -14,6 +14,7 @@ rounding only.
     .venv/bin/python bench/replicas.py
     .venv/bin/python bench/replicas.py --strategies downpour,dynsgd -- --no-warm-start
     .venv/bin/python bench/replicas.py --peers 3 --restart   # one peer killed, restarted
+    .venv/bin/python bench/replicas.py --cut-every 2   # connections to one peer reset
 
 Commits still in flight when the pulls are made show up as a small
 difference; one that stays or grows is a bug.
@@ -25,9 +26,11 @@ import argparse
 import contextlib
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,6 +45,7 @@ from peer.transport import pull_model  # noqa: E402
 from peer.workloads import load_workload, trainable_parameters  # noqa: E402
 from rpc import Security, make_channel  # noqa: E402
 from tests.daemons import Daemon  # noqa: E402
+from tests.netfault import CuttableProxy  # noqa: E402
 
 COMMIT_STRATEGIES = ["downpour", "adag", "dynsgd", "aeasgd"]
 
@@ -86,9 +90,15 @@ def local_cluster(strategy: str, run_id: str, args: argparse.Namespace) -> Itera
 def restarted_cluster(strategy: str, run_id: str, args: argparse.Namespace) -> Iterator[list[str]]:
     """A bootstrap and N `dasgd-peer run` with checkpoints; the last peer is
     killed (SIGKILL) after the warm-up and started again on its checkpoint
-    directory (it resumes, then warm-starts from a neighbor)."""
+    directory (it resumes, then warm-starts from a neighbor).
+
+    With `--cut-every S` instead, nobody is killed: the others reach the last
+    peer through a proxy that resets every connection through it each S
+    seconds, as a network blip would (what a Push stream carried when its
+    connection went may or may not have arrived)."""
     with tempfile.TemporaryDirectory(prefix="dasgd-replicas-") as tmp:
         daemons: list[Daemon] = []
+        stack = contextlib.ExitStack()
 
         def spawn(module: str, *flags: str) -> Daemon:
             daemon = Daemon(
@@ -100,15 +110,31 @@ def restarted_cluster(strategy: str, run_id: str, args: argparse.Namespace) -> I
         try:
             bootstrap = spawn("bootstrap.cli", "run", "--listen", "127.0.0.1:0", "--ttl", "2")
 
-            def peer(i: int) -> Daemon:
+            def peer(i: int, *flags: str) -> Daemon:
                 return spawn(
                     "peer.cli", "run", "--bootstrap", bootstrap.address(),
                     "--listen", "127.0.0.1:0", "--run-id", run_id, "--strategy", strategy,
                     "--shard", f"{i}/{args.peers}", "--step-delay-ms", "5",
                     "--checkpoint-dir", str(Path(tmp) / f"checkpoint-{i}"),
-                    "--checkpoint-every-steps", "50", *args.extra,
+                    "--checkpoint-every-steps", "50", *flags, *args.extra,
                 )  # fmt: skip
 
+            if args.cut_every:
+                proxy = CuttableProxy()
+                stack.callback(proxy.close)
+                peers = [peer(i) for i in range(args.peers - 1)]
+                # It listens on a port of its own and advertises the proxy's
+                # (its "listening on" line names the advertised address).
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", 0))
+                    proxy.target = f"127.0.0.1:{probe.getsockname()[1]}"
+                last = ["--listen", proxy.target, "--advertise", proxy.address]
+                peers.append(peer(args.peers - 1, *last))
+                found = [p.address() for p in peers[:-1]] + [proxy.target]
+                peers[-1].address()
+                stack.enter_context(cutting(proxy, args.cut_every))
+                yield found
+                return
             peers = [peer(i) for i in range(args.peers)]
             found = [p.address() for p in peers]
             time.sleep(args.warmup)
@@ -118,8 +144,27 @@ def restarted_cluster(strategy: str, run_id: str, args: argparse.Namespace) -> I
             found[-1] = peer(args.peers - 1).address()
             yield found
         finally:
+            stack.close()
             for daemon in reversed(daemons):
                 daemon.stop()
+
+
+@contextlib.contextmanager
+def cutting(proxy: CuttableProxy, every: float) -> Iterator[None]:
+    """Resets every connection through `proxy` each `every` seconds."""
+    stop = threading.Event()
+
+    def cut() -> None:
+        while not stop.wait(every):
+            proxy.cut()
+
+    thread = threading.Thread(target=cut, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def measure(
@@ -129,7 +174,7 @@ def measure(
     of peers, and over the pairs whose replicas had taken the same commits
     (equal vector clocks; nan if none): those must agree but for rounding."""
     run_id = f"replicas-{strategy}"
-    cluster = restarted_cluster if args.restart else local_cluster
+    cluster = restarted_cluster if args.restart or args.cut_every else local_cluster
     with cluster(strategy, run_id, args) as peers:
         time.sleep(args.warmup)
         samples, same = [], []
@@ -160,6 +205,12 @@ def main(argv: list[str] | None = None) -> int:
         "--restart",
         action="store_true",
         help="`dasgd-peer run` peers with checkpoints; the last is killed and restarted",
+    )
+    parser.add_argument(
+        "--cut-every",
+        type=float,
+        default=0.0,
+        help="`dasgd-peer run` peers; connections to the last are reset every this many seconds",
     )
     parser.add_argument("extra", nargs="*", help="after --: more flags for `dasgd-peer local`")
     args = parser.parse_args(argv)

@@ -160,12 +160,12 @@ def _format_status(status: peer_pb2.StatusResponse) -> str:
         f"p99 {s.p99:.1f}  (n={s.count})",
         "",
         f"{'neighbor':<14}{'address':<22}{'queue':>6}{'sent':>8}{'applied':>9}"
-        f"{'dropped':>9}{'coalesced':>10}{'errors':>8}{'stale avg':>10}{'max':>6}",
+        f"{'dropped':>9}{'coalesced':>10}{'errors':>8}{'resent':>8}{'stale avg':>10}{'max':>6}",
     ]
     for n in status.neighbors:
         lines.append(
             f"{n.id:<14}{n.address:<22}{n.queue_depth:>6}{n.updates_sent:>8}"
-            f"{n.updates_applied:>9}{n.dropped:>9}{n.coalesced:>10}{n.send_errors:>8}"
+            f"{n.updates_applied:>9}{n.dropped:>9}{n.coalesced:>10}{n.send_errors:>8}{n.resent:>8}"
             f"{n.staleness.avg:>10.2f}{n.staleness.max:>6}"
         )
     return "\n".join(lines)

@@ -643,6 +643,7 @@ class PeerDaemon:
                     dropped=sender.stats.dropped,
                     coalesced=sender.stats.coalesced,
                     send_errors=sender.stats.errors,
+                    resent=sender.stats.resent,
                     sending=True,
                     staleness=_staleness_pb(window.summary() if window else StalenessSummary()),
                 )

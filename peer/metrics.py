@@ -80,6 +80,11 @@ class StatusCollector(Collector):
             "send_errors": CounterMetricFamily(
                 "dasgd_neighbor_send_errors", "Failed Push streams", labels=neighbor_labels
             ),
+            "resent": CounterMetricFamily(
+                "dasgd_neighbor_resent",
+                "Updates sent again after a Push stream failed before confirming them",
+                labels=neighbor_labels,
+            ),
         }
         for n in s.neighbors:
             for field, metric in per_neighbor.items():

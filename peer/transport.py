@@ -102,6 +102,30 @@ MAX_COUNTER = 1 << 62
 LAST_SEQUENCE_KEY = "dasgd-last-sequence"
 # The same rejection is logged at most once per this many seconds (counted).
 REJECTION_LOG_INTERVAL_S = 60.0
+# A Push stream confirms what it carried only when it ends (PushAck), so a
+# sender keeps the summable updates (gradients, deltas, commits) a stream has
+# carried until then, to send again should it fail; the receiver drops those
+# it has (`UpdateHeader.resent`). A stream ends once it has carried this many
+# updates or bytes, which bounds what is kept.
+MAX_UNCONFIRMED_UPDATES = 64
+MAX_UNCONFIRMED_BYTES = 64 << 20
+# A failed stream's updates are sent again after these failures, whatever
+# their number (the network or the receiver is away for a while) ...
+RESEND_ALWAYS = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+# ... at most this many times after others that may pass (a full inbox, a
+# receiver that does not know this peer yet), and never after a refusal of
+# the update itself (invalid, unauthenticated): it would be refused again.
+MAX_RESENDS = 3
+NEVER_RESEND = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
 
 
 def kind_name(kind: int) -> str:
@@ -156,6 +180,7 @@ class UpdateInfo:
     clock: dict[str, int]
     clock_ticks: int = 1
     round: int = 0
+    resends: int = 0  # times sent again after a stream failed (`UpdateHeader.resent`)
 
 
 class OutboundMessage:
@@ -209,6 +234,7 @@ class OutboundMessage:
             header.vector_clock.update(info.clock)
             header.clock_ticks = info.clock_ticks
             header.round = info.round
+            header.resent = info.resends > 0
             arrays = self.arrays
             # fp16 goes out at scale 1 and each chunk is checked as it is
             # made (`_all_frames`, `_stream`): a pass over the whole update
@@ -293,10 +319,14 @@ class OutboundMessage:
             yield from self._data_frames(chunk_bytes)
 
     def coalescible_with(self, other: OutboundMessage) -> bool:
+        # A resent update may have arrived already: summed with another,
+        # the receiver could neither drop it nor take it.
         return (
             self.kind in SUMMABLE
             and other.kind == self.kind
             and other.info.round == self.info.round
+            and not self.info.resends
+            and not other.info.resends
         )
 
     def private_copy(self) -> OutboundMessage:
@@ -402,6 +432,7 @@ class SenderStats:
     bytes_sent: int = 0
     dropped: int = 0
     errors: int = 0
+    resent: int = 0  # updates sent again after a stream failed
     # Two counters with one writer each, so neither needs a lock: sums the
     # sender made in its queue, and broadcasts the Outbox added into one this
     # sender had not started on yet (on the trainer's thread, every step).
@@ -451,6 +482,10 @@ class NeighborSender:
         self._flush_deadline = 0.0
         self._call: grpc.Future | None = None
         self._stream = 0  # generation of the Push stream (see _end_stream)
+        # Summable updates the current stream carried: sent again if it fails
+        # (MAX_UNCONFIRMED_UPDATES); under self._cond.
+        self._unconfirmed: list[OutboundMessage] = []
+        self._unconfirmed_bytes = 0
         self.stats = SenderStats()
         self.last_error = ""
         self._thread = threading.Thread(target=self._run, name=f"send-{member_id}", daemon=True)
@@ -545,27 +580,81 @@ class NeighborSender:
             message = message.unshared()
         for part in parts:
             message.absorb(part)
-        if message.info.sequence <= self._sent_sequence:
+        if message.info.sequence <= self._sent_sequence and not message.info.resends:
             # Queued before this stream went above it: a sequence of its
-            # own, so the receiver sees them strictly increasing.
+            # own, so the receiver sees them strictly increasing. (One sent
+            # again keeps its own, by which the receiver knows it.)
             message = message.unshared()
             message.info.sequence = self._sequence_above(self._sent_sequence)
+        if stream is not None:
+            with self._cond:
+                if stream != self._stream:
+                    self._queue.appendleft(message)  # for the next stream
+                    return None
+                self._keep_until_confirmed(message)
         return message
+
+    def _keep_until_confirmed(self, message: OutboundMessage) -> None:
+        """Under self._cond: the current stream carries `message`."""
+        if message.kind in SUMMABLE:
+            self._unconfirmed.append(message)
+            self._unconfirmed_bytes += sum(a.nbytes for a in message.arrays)
+
+    def _stream_should_end(self) -> bool:
+        """The stream has carried enough unconfirmed updates: it ends, and
+        its PushAck confirms them."""
+        return (
+            len(self._unconfirmed) >= MAX_UNCONFIRMED_UPDATES
+            or self._unconfirmed_bytes >= MAX_UNCONFIRMED_BYTES
+        )
+
+    def _confirmed(self) -> None:
+        with self._cond:
+            self._unconfirmed, self._unconfirmed_bytes = [], 0
+
+    def _send_again(self, code: grpc.StatusCode, refused_for_sequence: bool) -> None:
+        """Puts what the failed stream carried back at the head of the queue,
+        marked as sent again (the receiver drops those it has), or drops it."""
+        with self._cond:
+            carried, self._unconfirmed, self._unconfirmed_bytes = self._unconfirmed, [], 0
+            again = []
+            for message in carried:
+                copy = message.private_copy()  # others may send the original
+                if refused_for_sequence and not message.info.resends:
+                    # The receiver has later sequences from this member id
+                    # (a restart with the clock set back): it refused this
+                    # one, and took none after it. It goes as a new update.
+                    pass
+                elif code in NEVER_RESEND or (
+                    code not in RESEND_ALWAYS and message.info.resends >= MAX_RESENDS
+                ):
+                    self.stats.dropped += 1
+                    continue
+                else:
+                    copy.info.resends += 1
+                again.append(copy)
+            self._queue.extendleft(reversed(again))
+            self.stats.resent += len(again)
 
     def _requests(self, first: OutboundMessage, stream: int) -> Iterator[bytes]:
         message: OutboundMessage | None = first
         while message is not None:
             started = time.monotonic()
-            self._sent_sequence = message.info.sequence
+            self._sent_sequence = max(self._sent_sequence, message.info.sequence)
             yield from message.wire_frames(self._chunk_bytes)
             self.stats.sent += 1
             self.stats.bytes_sent += message.header.total_bytes
             pause = started + self.min_interval_s - time.monotonic()
             if pause > 0:
                 time.sleep(pause)  # what arrives meanwhile goes out as one update
+            if self._stream_should_end():
+                return
             message = self._next_message(self._idle_close_s, stream)
             if message is not None and not self._link_up():
                 with self._cond:
+                    if self._unconfirmed and self._unconfirmed[-1] is message:
+                        self._unconfirmed_bytes -= sum(a.nbytes for a in message.arrays)
+                        self._unconfirmed.pop()  # not carried after all
                     self._queue.appendleft(message)
                 return
 
@@ -589,6 +678,8 @@ class NeighborSender:
                 continue
             try:
                 try:
+                    with self._cond:
+                        self._keep_until_confirmed(first)
                     self._call = call = self._push.future(self._requests(first, self._stream))
                     # Not call.result() alone: it waits on the call's
                     # condition, which gRPC notifies on every message sent,
@@ -598,6 +689,7 @@ class NeighborSender:
                     call.add_done_callback(lambda _call, done=finished: done.set())
                     finished.wait()
                     call.result()
+                    self._confirmed()
                 finally:
                     # Before any back-off: what is queued meanwhile waits
                     # for the next stream.
@@ -615,6 +707,7 @@ class NeighborSender:
                 if self._closing:
                     return
                 floor = _last_sequence_of(error)
+                self._send_again(error.code(), refused_for_sequence=floor is not None)
                 if floor is not None:
                     # The receiver has later updates from this member id
                     # (this peer restarted with its clock set back): go on
@@ -902,6 +995,26 @@ class RejectedUpdate(Exception):
         self.last_sequence = last_sequence
 
 
+class AlreadyDelivered:
+    """Reads away the payload of a resent update that was delivered before."""
+
+    def __init__(self, total_bytes: int):
+        self.total_bytes = total_bytes
+        self.received = 0
+
+    @property
+    def complete(self) -> bool:
+        return self.received == self.total_bytes
+
+    def add(self, data: bytes | memoryview) -> None:
+        end = self.received + len(data)
+        if end > self.total_bytes:
+            raise codec.DecodeError(
+                f"payload overflows: {end} bytes received, header announced {self.total_bytes}"
+            )
+        self.received = end
+
+
 class MalformedChunk:
     """What `parse_chunk` returns for bytes that are not a Chunk."""
 
@@ -985,7 +1098,11 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
         self.node = node
         self._chunk_bytes = chunk_bytes
         self._last_sequence: dict[str, int] = {}
+        # The last sequence delivered from each sender: a resent update at
+        # or below it has arrived already (`UpdateHeader.resent`).
+        self._delivered_sequence: dict[str, int] = {}
         self._sequence_lock = threading.Lock()
+        self.duplicates_dropped = 0
         self.bytes_received = 0
         self._bytes_lock = threading.Lock()
         # Rejection message -> (when last logged, how many since): a sender
@@ -1004,10 +1121,13 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
         more = f" ({since} more like it in the last {now - logged_at:.0f} s)" if since else ""
         log.warning("rejected update: %s%s", message, more)
 
-    def check_header(self, header: peer_pb2.UpdateHeader, restart: bool = False) -> codec.Assembler:
-        """Validates a header against the local model; returns the assembler.
-        `restart`: the header starts over the update in progress on its
-        stream, so it repeats that update's sequence number."""
+    def check_header(
+        self, header: peer_pb2.UpdateHeader, restart: bool = False
+    ) -> codec.Assembler | AlreadyDelivered:
+        """Validates a header against the local model; returns the assembler
+        (or, for a resent update delivered before, what reads its payload
+        away). `restart`: the header starts over the update in progress on
+        its stream, so it repeats that update's sequence number."""
         node = self.node
         invalid = grpc.StatusCode.INVALID_ARGUMENT
         if header.run_id != node.run_id:
@@ -1067,6 +1187,11 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
             )
         with self._sequence_lock:
             last = self._last_sequence.get(header.sender_id, 0)
+            if header.resent:
+                if header.sequence <= self._delivered_sequence.get(header.sender_id, 0):
+                    self.duplicates_dropped += 1
+                    return AlreadyDelivered(header.total_bytes)
+                last = min(last, header.sequence - 1)  # taken, as it did not arrive
             if header.sequence < last or (header.sequence == last and not restart):
                 raise RejectedUpdate(
                     invalid,
@@ -1076,7 +1201,11 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                 )
             # A sender silent through MAX_MEMBERS others is forgotten (churn
             # must not grow this); its sequences start from its clock anyway.
-            put_recent(self._last_sequence, header.sender_id, header.sequence)
+            put_recent(
+                self._last_sequence,
+                header.sender_id,
+                max(header.sequence, self._last_sequence.get(header.sender_id, 0)),
+            )
         try:
             return codec.Assembler(local, codec_name, header.total_bytes, header.scale or 1.0)
         except codec.DecodeError as error:
@@ -1136,7 +1265,8 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                 else:
                     raise RejectedUpdate(grpc.StatusCode.INVALID_ARGUMENT, "empty chunk")
                 if assembler is not None and assembler.complete:
-                    self._deliver(header, assembler)
+                    if not isinstance(assembler, AlreadyDelivered):
+                        self._deliver(header, assembler)
                     accepted += 1
                     last_sequence = header.sequence
                     header, assembler = None, None
@@ -1176,6 +1306,8 @@ class PeerServicer(peer_pb2_grpc.PeerServicer):
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 "receiver's inbox stayed full: it is applying updates slower than they arrive",
             )
+        with self._sequence_lock:
+            put_recent(self._delivered_sequence, header.sender_id, header.sequence)
 
     def Pull(self, request, context):  # noqa: N802
         if request.run_id != self.node.run_id:

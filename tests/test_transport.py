@@ -721,7 +721,8 @@ def test_an_fp16_update_beyond_its_range_arrives_scaled(plain_server, recipients
 @pytest.fixture
 def first_stream_refused(plain_server, monkeypatch) -> Iterator[tuple[Outbox, Node]]:
     """An Outbox whose one neighbor refused its first update (aborting the
-    stream) and takes every later one."""
+    stream: its inbox stayed full) and takes every later one, including that
+    one sent again."""
     address, node = plain_server
     calls = []
     accept = node.deliver
@@ -746,8 +747,10 @@ def test_no_update_is_lost_to_a_push_stream_the_receiver_ended(first_stream_refu
     for fill in (2.0, 3.0, 4.0, 5.0):
         outbox.send(GRADIENT, values(fill), {"me": int(fill)})
         time.sleep(0.3)
-    got = lambda: sum(float(u.arrays[0].flat[0]) for u in node.delivered)  # noqa: E731
-    wait_until(lambda: got() == 14.0, 10)
+    got = lambda: sorted(float(u.arrays[0].flat[0]) for u in node.delivered)  # noqa: E731
+    wait_until(lambda: sum(got()) == 15.0, 10)
+    time.sleep(0.3)
+    assert got() == [1.0, 2.0, 3.0, 4.0, 5.0]  # the refused one sent again, once
 
 
 def test_no_update_is_lost_while_the_sender_backs_off_after_an_error(first_stream_refused):
@@ -756,15 +759,17 @@ def test_no_update_is_lost_while_the_sender_backs_off_after_an_error(first_strea
     the failed stream's request reader (which gRPC drops)."""
     outbox, node = first_stream_refused
     outbox.send(GRADIENT, values(2.0), {"me": 2})  # within the 0.2 s back-off
-    wait_until(lambda: len(node.delivered) == 1, 10)
-    assert float(node.delivered[0].arrays[0].flat[0]) == 2.0
+    wait_until(lambda: len(node.delivered) == 2, 10)
+    # The refused one first, sent again; then the one queued meanwhile.
+    assert [float(u.arrays[0].flat[0]) for u in node.delivered] == [1.0, 2.0]
+    assert [u.clock for u in node.delivered] == [{"me": 1}, {"me": 2}]
 
 
 def test_a_peer_restarted_with_its_clock_set_back_is_heard_after_one_refusal(plain_server):
     """Sequences start from the wall clock. A peer restarted (same member id)
     with its clock an hour behind used to be refused by every neighbor for
     that hour; the refusal now names the receiver's last sequence and the
-    sender goes on above it."""
+    sender goes on above it, the refused update first."""
     address, node = plain_server
     before = Outbox("run", "me", "a:1", grpc.insecure_channel, SPECS, min_send_interval_s=0.0)
     before._sequence += 3_600 * 10**6  # an hour ahead
@@ -780,11 +785,12 @@ def test_a_peer_restarted_with_its_clock_set_back_is_heard_after_one_refusal(pla
     try:
         after.send(GRADIENT, values(2.0), {"me": 2})  # refused, with the last sequence
         wait_until(lambda: sender.stats.errors == 1, 10)
+        wait_until(lambda: len(node.delivered) == 2, 10)  # then sent above it
         for fill in (3.0, 4.0, 5.0):
             after.send(GRADIENT, values(fill), {"me": int(fill)})
             time.sleep(0.3)  # each on its own, not summed in the queue
-        wait_until(lambda: len(node.delivered) == 4, 10)
-        assert [float(u.arrays[0].flat[0]) for u in node.delivered] == [1.0, 3.0, 4.0, 5.0]
+        wait_until(lambda: len(node.delivered) == 5, 10)
+        assert [float(u.arrays[0].flat[0]) for u in node.delivered] == [1, 2, 3, 4, 5]
         assert sender.stats.errors == 1
     finally:
         after.close()

@@ -53,7 +53,7 @@ class TensorSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[str] = ...) -> None: ...
 
 class UpdateHeader(_message.Message):
-    __slots__ = ("run_id", "sender_id", "sequence", "kind", "vector_clock", "tensors", "codec", "scale", "total_bytes", "round", "clock_ticks", "sender_address", "inline_payload")
+    __slots__ = ("run_id", "sender_id", "sequence", "kind", "vector_clock", "tensors", "codec", "scale", "total_bytes", "round", "clock_ticks", "sender_address", "inline_payload", "resent")
     class VectorClockEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class UpdateHeader(_message.Message):
     CLOCK_TICKS_FIELD_NUMBER: _ClassVar[int]
     SENDER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
     INLINE_PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    RESENT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     sender_id: str
     sequence: int
@@ -87,7 +88,8 @@ class UpdateHeader(_message.Message):
     clock_ticks: int
     sender_address: str
     inline_payload: bytes
-    def __init__(self, run_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., sequence: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., vector_clock: _Optional[_Mapping[str, int]] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., codec: _Optional[_Union[Codec, str]] = ..., scale: _Optional[float] = ..., total_bytes: _Optional[int] = ..., round: _Optional[int] = ..., clock_ticks: _Optional[int] = ..., sender_address: _Optional[str] = ..., inline_payload: _Optional[bytes] = ...) -> None: ...
+    resent: bool
+    def __init__(self, run_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., sequence: _Optional[int] = ..., kind: _Optional[_Union[UpdateKind, str]] = ..., vector_clock: _Optional[_Mapping[str, int]] = ..., tensors: _Optional[_Iterable[_Union[TensorSpec, _Mapping]]] = ..., codec: _Optional[_Union[Codec, str]] = ..., scale: _Optional[float] = ..., total_bytes: _Optional[int] = ..., round: _Optional[int] = ..., clock_ticks: _Optional[int] = ..., sender_address: _Optional[str] = ..., inline_payload: _Optional[bytes] = ..., resent: _Optional[bool] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("header", "data")
@@ -152,7 +154,7 @@ class StalenessStats(_message.Message):
     def __init__(self, count: _Optional[int] = ..., avg: _Optional[float] = ..., max: _Optional[int] = ..., p50: _Optional[float] = ..., p95: _Optional[float] = ..., p99: _Optional[float] = ...) -> None: ...
 
 class NeighborStatus(_message.Message):
-    __slots__ = ("id", "address", "queue_depth", "updates_sent", "bytes_sent", "updates_applied", "dropped", "coalesced", "send_errors", "staleness", "sending")
+    __slots__ = ("id", "address", "queue_depth", "updates_sent", "bytes_sent", "updates_applied", "dropped", "coalesced", "send_errors", "staleness", "sending", "resent")
     ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +166,7 @@ class NeighborStatus(_message.Message):
     SEND_ERRORS_FIELD_NUMBER: _ClassVar[int]
     STALENESS_FIELD_NUMBER: _ClassVar[int]
     SENDING_FIELD_NUMBER: _ClassVar[int]
+    RESENT_FIELD_NUMBER: _ClassVar[int]
     id: str
     address: str
     queue_depth: int
@@ -175,7 +178,8 @@ class NeighborStatus(_message.Message):
     send_errors: int
     staleness: StalenessStats
     sending: bool
-    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., queue_depth: _Optional[int] = ..., updates_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., updates_applied: _Optional[int] = ..., dropped: _Optional[int] = ..., coalesced: _Optional[int] = ..., send_errors: _Optional[int] = ..., staleness: _Optional[_Union[StalenessStats, _Mapping]] = ..., sending: _Optional[bool] = ...) -> None: ...
+    resent: int
+    def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., queue_depth: _Optional[int] = ..., updates_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., updates_applied: _Optional[int] = ..., dropped: _Optional[int] = ..., coalesced: _Optional[int] = ..., send_errors: _Optional[int] = ..., staleness: _Optional[_Union[StalenessStats, _Mapping]] = ..., sending: _Optional[bool] = ..., resent: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
     __slots__ = ("id", "run_id", "address", "strategy", "workload", "state", "step", "loss", "accuracy", "accuracy_at", "staleness", "neighbors", "updates_applied", "updates_rejected", "bytes_sent", "bytes_received", "vector_clock", "samples_per_s", "uptime_s", "membership_version", "version", "first_step_at", "warm_started_from", "initial_accuracy", "resumed_step", "checkpoint_step", "evaluations", "samples", "updates_discarded")
