@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import grpc
 from google.protobuf import json_format
@@ -158,6 +159,7 @@ def _format_status(status: peer_pb2.StatusResponse) -> str:
         f"bytes sent {status.bytes_sent}, received {status.bytes_received}",
         f"staleness avg {s.avg:.2f}  max {s.max}  p50 {s.p50:.1f}  p95 {s.p95:.1f}  "
         f"p99 {s.p99:.1f}  (n={s.count})",
+        _format_bootstrap(status),
         "",
         f"{'neighbor':<14}{'address':<22}{'queue':>6}{'sent':>8}{'applied':>9}"
         f"{'dropped':>9}{'coalesced':>10}{'errors':>8}{'resent':>8}{'stale avg':>10}{'max':>6}",
@@ -169,6 +171,24 @@ def _format_status(status: peer_pb2.StatusResponse) -> str:
             f"{n.staleness.avg:>10.2f}{n.staleness.max:>6}"
         )
     return "\n".join(lines)
+
+
+def _format_bootstrap(status: peer_pb2.StatusResponse, now: float | None = None) -> str:
+    line = f"bootstrap {status.bootstrap or '-'}"
+    if status.bootstrap_reachable:
+        return f"{line} reachable (membership version {status.membership_version})"
+    if status.state == "STARTING" and not status.bootstrap_unreachable_since:
+        return f"{line} not asked yet"
+    since = time.time() if now is None else now
+    gone = since - status.bootstrap_unreachable_since if status.bootstrap_unreachable_since else 0
+    why = f" ({status.bootstrap_error})" if status.bootstrap_error else ""
+    hint = (
+        "training with the neighbors it knows, joining when it answers"
+        if status.bootstrap_ever_joined
+        else "never reached since start: is --bootstrap right? training with the peers it "
+        "can find meanwhile"
+    )
+    return f"{line} UNREACHABLE for {gone:.0f} s{why}: {hint}"
 
 
 def cmd_status(args: argparse.Namespace) -> int:

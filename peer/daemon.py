@@ -659,6 +659,7 @@ class PeerDaemon:
                         staleness=_staleness_pb(window.summary()),
                     )
                 )
+        membership = self.membership
         return peer_pb2.StatusResponse(
             id=self.member_id,
             run_id=self.run_id,
@@ -683,7 +684,12 @@ class PeerDaemon:
             samples_per_s=trainer.samples_per_s(),
             samples=stats.samples,
             uptime_s=time.time() - self.started_at,
-            membership_version=self.membership.version if self.membership else 0,
+            membership_version=membership.version if membership else 0,
+            bootstrap=self.config.bootstrap,
+            bootstrap_reachable=bool(membership and membership.connected),
+            bootstrap_unreachable_since=membership.unreachable_since if membership else 0.0,
+            bootstrap_error=membership.last_error if membership else "",
+            bootstrap_ever_joined=bool(membership and membership.joined.is_set()),
             version=__version__,
             first_step_at=stats.first_step_at,
             warm_started_from=self.warm_started_from,

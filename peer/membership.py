@@ -48,7 +48,12 @@ class MembershipClient:
         self.ttl_s = DEFAULT_TTL_S
         self.version = 0
         self.joined = threading.Event()
+        # Whether the last call to the bootstrap got through; if not, since
+        # when (unix seconds) and why (a status code): Status shows both, so
+        # a peer training alone for a mistyped --bootstrap is seen as such.
         self.connected = False
+        self.unreachable_since = 0.0
+        self.last_error = ""
         self._stop = threading.Event()
         self._watch_call: grpc.Future | None = None
         self._threads: list[threading.Thread] = []
@@ -66,7 +71,7 @@ class MembershipClient:
         self.member_id = response.member.id
         self.ttl_s = response.ttl_s or self.ttl_s
         self.version = response.version
-        self.connected = True
+        self._reached()
         self.joined.set()
         self._on_change(response.members, response.version, True)
         return response
@@ -86,7 +91,7 @@ class MembershipClient:
                     grpc.StatusCode.PERMISSION_DENIED,
                 ):
                     raise
-                self.connected = False
+                self._missed(error)
                 log.info(
                     "bootstrap not reachable (%s); retrying in %.1fs", error.code().name, backoff
                 )
@@ -129,7 +134,7 @@ class MembershipClient:
                 self.ttl_s = response.ttl_s or self.ttl_s
                 if not self.connected:
                     log.info("bootstrap reachable again")
-                self.connected = True
+                self._reached()
             except grpc.RpcError as error:
                 if self._stop.is_set():
                     return
@@ -143,10 +148,20 @@ class MembershipClient:
                         log.warning(
                             "heartbeat failed: %s; keeping known neighbors", error.code().name
                         )
-                    self.connected = False
+                    self._missed(error)
                     # Soon, backing off to the usual pace (a bootstrap that is
                     # down fails every call at once).
                     wait, retry = retry, min(retry * 2, self.ttl_s / 3)
+
+    def _reached(self) -> None:
+        self.connected, self.unreachable_since, self.last_error = True, 0.0, ""
+
+    def _missed(self, error: grpc.RpcError) -> None:
+        if self.connected or not self.unreachable_since:
+            self.unreachable_since = time.time()
+        self.connected = False
+        code = error.code() if callable(getattr(error, "code", None)) else None
+        self.last_error = code.name if code is not None else type(error).__name__
 
     def _watch_loop(self) -> None:
         backoff = 0.2

@@ -45,6 +45,11 @@ class StatusCollector(Collector):
             "Received updates the strategy did not apply (late round model, already held)",
             s.updates_discarded,
         )
+        yield gauge(
+            "dasgd_bootstrap_reachable",
+            "1 if the last call to the bootstrap got through, else 0",
+            1.0 if s.bootstrap_reachable else 0.0,
+        )
         yield counter("dasgd_sent_bytes", "Payload bytes sent to neighbors", s.bytes_sent)
         yield counter("dasgd_received_bytes", "Payload bytes received", s.bytes_received)
         yield gauge("dasgd_staleness_avg", "Average staleness of applied updates", s.staleness.avg)

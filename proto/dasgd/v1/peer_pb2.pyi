@@ -182,7 +182,7 @@ class NeighborStatus(_message.Message):
     def __init__(self, id: _Optional[str] = ..., address: _Optional[str] = ..., queue_depth: _Optional[int] = ..., updates_sent: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., updates_applied: _Optional[int] = ..., dropped: _Optional[int] = ..., coalesced: _Optional[int] = ..., send_errors: _Optional[int] = ..., staleness: _Optional[_Union[StalenessStats, _Mapping]] = ..., sending: _Optional[bool] = ..., resent: _Optional[int] = ...) -> None: ...
 
 class StatusResponse(_message.Message):
-    __slots__ = ("id", "run_id", "address", "strategy", "workload", "state", "step", "loss", "accuracy", "accuracy_at", "staleness", "neighbors", "updates_applied", "updates_rejected", "bytes_sent", "bytes_received", "vector_clock", "samples_per_s", "uptime_s", "membership_version", "version", "first_step_at", "warm_started_from", "initial_accuracy", "resumed_step", "checkpoint_step", "evaluations", "samples", "updates_discarded")
+    __slots__ = ("id", "run_id", "address", "strategy", "workload", "state", "step", "loss", "accuracy", "accuracy_at", "staleness", "neighbors", "updates_applied", "updates_rejected", "bytes_sent", "bytes_received", "vector_clock", "samples_per_s", "uptime_s", "membership_version", "version", "first_step_at", "warm_started_from", "initial_accuracy", "resumed_step", "checkpoint_step", "evaluations", "samples", "updates_discarded", "bootstrap", "bootstrap_reachable", "bootstrap_unreachable_since", "bootstrap_error", "bootstrap_ever_joined")
     class VectorClockEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +219,11 @@ class StatusResponse(_message.Message):
     EVALUATIONS_FIELD_NUMBER: _ClassVar[int]
     SAMPLES_FIELD_NUMBER: _ClassVar[int]
     UPDATES_DISCARDED_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_UNREACHABLE_SINCE_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_ERROR_FIELD_NUMBER: _ClassVar[int]
+    BOOTSTRAP_EVER_JOINED_FIELD_NUMBER: _ClassVar[int]
     id: str
     run_id: str
     address: str
@@ -248,7 +253,12 @@ class StatusResponse(_message.Message):
     evaluations: _containers.RepeatedCompositeFieldContainer[Evaluation]
     samples: int
     updates_discarded: int
-    def __init__(self, id: _Optional[str] = ..., run_id: _Optional[str] = ..., address: _Optional[str] = ..., strategy: _Optional[str] = ..., workload: _Optional[str] = ..., state: _Optional[str] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., accuracy_at: _Optional[float] = ..., staleness: _Optional[_Union[StalenessStats, _Mapping]] = ..., neighbors: _Optional[_Iterable[_Union[NeighborStatus, _Mapping]]] = ..., updates_applied: _Optional[int] = ..., updates_rejected: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., vector_clock: _Optional[_Mapping[str, int]] = ..., samples_per_s: _Optional[float] = ..., uptime_s: _Optional[float] = ..., membership_version: _Optional[int] = ..., version: _Optional[str] = ..., first_step_at: _Optional[float] = ..., warm_started_from: _Optional[str] = ..., initial_accuracy: _Optional[float] = ..., resumed_step: _Optional[int] = ..., checkpoint_step: _Optional[int] = ..., evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ..., samples: _Optional[int] = ..., updates_discarded: _Optional[int] = ...) -> None: ...
+    bootstrap: str
+    bootstrap_reachable: bool
+    bootstrap_unreachable_since: float
+    bootstrap_error: str
+    bootstrap_ever_joined: bool
+    def __init__(self, id: _Optional[str] = ..., run_id: _Optional[str] = ..., address: _Optional[str] = ..., strategy: _Optional[str] = ..., workload: _Optional[str] = ..., state: _Optional[str] = ..., step: _Optional[int] = ..., loss: _Optional[float] = ..., accuracy: _Optional[float] = ..., accuracy_at: _Optional[float] = ..., staleness: _Optional[_Union[StalenessStats, _Mapping]] = ..., neighbors: _Optional[_Iterable[_Union[NeighborStatus, _Mapping]]] = ..., updates_applied: _Optional[int] = ..., updates_rejected: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., vector_clock: _Optional[_Mapping[str, int]] = ..., samples_per_s: _Optional[float] = ..., uptime_s: _Optional[float] = ..., membership_version: _Optional[int] = ..., version: _Optional[str] = ..., first_step_at: _Optional[float] = ..., warm_started_from: _Optional[str] = ..., initial_accuracy: _Optional[float] = ..., resumed_step: _Optional[int] = ..., checkpoint_step: _Optional[int] = ..., evaluations: _Optional[_Iterable[_Union[Evaluation, _Mapping]]] = ..., samples: _Optional[int] = ..., updates_discarded: _Optional[int] = ..., bootstrap: _Optional[str] = ..., bootstrap_reachable: _Optional[bool] = ..., bootstrap_unreachable_since: _Optional[float] = ..., bootstrap_error: _Optional[str] = ..., bootstrap_ever_joined: _Optional[bool] = ...) -> None: ...
 
 class ListPeersRequest(_message.Message):
     __slots__ = ("run_id", "known")
