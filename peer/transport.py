@@ -319,14 +319,17 @@ class OutboundMessage:
             yield from self._data_frames(chunk_bytes)
 
     def coalescible_with(self, other: OutboundMessage) -> bool:
+        return not other.info.resends and self.coalescible_with_kind(other.kind, other.info.round)
+
+    def coalescible_with_kind(self, kind: str, round_: int) -> bool:
+        """Whether a new update of `kind` for `round_` may be summed into this one."""
         # A resent update may have arrived already: summed with another,
         # the receiver could neither drop it nor take it.
         return (
             self.kind in SUMMABLE
-            and other.kind == self.kind
-            and other.info.round == self.info.round
+            and kind == self.kind
+            and round_ == self.info.round
             and not self.info.resends
-            and not other.info.resends
         )
 
     def private_copy(self) -> OutboundMessage:
@@ -370,7 +373,14 @@ class OutboundMessage:
             total += part
 
     def try_absorb(self, newer: OutboundMessage) -> bool:
-        """`absorb` unless a sender has already started on this message.
+        """`absorb` unless a sender has already started on this message."""
+        theirs = newer.info
+        return self.try_add(newer.arrays, theirs.clock, theirs.clock_ticks, theirs.sequence)
+
+    def try_add(
+        self, arrays: list[np.ndarray], clock: dict[str, int], clock_ticks: int, sequence: int
+    ) -> bool:
+        """`add` unless a sender has already started on this message.
 
         Never waits: the lock is busy only while a sender takes the message
         or makes its frames (encoding 40 MB takes tens of ms), and then it is
@@ -380,7 +390,7 @@ class OutboundMessage:
         try:
             if self.taken:
                 return False
-            self.absorb(newer)
+            self.add(arrays, clock, clock_ticks, sequence)
             return True
         finally:
             self._lock.release()
@@ -770,6 +780,7 @@ class Outbox:
         self._held_sums = 0  # updates summed into the held one, counted when it goes
         self._neighbors_version = 0  # changes with the set of senders
         self._held_version = -1  # the set the held broadcast is for
+        self._waiting_version = -1  # the set the waiting broadcast went to
         self._next_release = 0.0
         self._lock = threading.Lock()
         # Strictly increasing across restarts of this peer, so receivers can
@@ -848,10 +859,7 @@ class Outbox:
             and self._sum_into_held(kind, arrays, clock, clock_ticks, round_)
         ):
             return
-        with self._sequence_lock:
-            self._sequence += 1
-            sequence = self._sequence
-        info = UpdateInfo(kind, sequence, clock, clock_ticks, round_)
+        info = UpdateInfo(kind, self._next_sequence(), clock, clock_ticks, round_)
         now = time.monotonic()
         offers: list[tuple[OutboundMessage, list[NeighborSender]]] = []
         with self._lock:
@@ -910,19 +918,37 @@ class Outbox:
         summable broadcast that comes before the held one is due is added to
         it, with no message made. False: `send` takes the general path."""
         with self._lock:
+            waiting = self._waiting
+            if waiting is not None and not waiting[0].taken:
+                # Released, but no sender has started on it (they are waking
+                # up): summed into that one, as `_summed_into_waiting` would,
+                # with no message made. A held one beside it: the general path.
+                message, targets = waiting
+                if (
+                    self._held is not None
+                    or self._waiting_version != self._neighbors_version
+                    or not message.coalescible_with_kind(kind, round_)
+                ):
+                    return False
+                if not message.try_add(arrays, clock, clock_ticks, self._next_sequence()):
+                    return False
+                for sender in targets:
+                    sender.count_coalesced()
+                return True
             if (
                 self._held is None
                 or time.monotonic() >= self._next_release
-                or (self._waiting is not None and not self._waiting[0].taken)  # that one first
                 or not self._held_summable(kind, round_)
             ):
                 return False
-            with self._sequence_lock:
-                self._sequence += 1
-                sequence = self._sequence
-            self._held[0].add(arrays, clock, clock_ticks, sequence)
+            self._held[0].add(arrays, clock, clock_ticks, self._next_sequence())
             self._held_sums += 1
         return True
+
+    def _next_sequence(self) -> int:
+        with self._sequence_lock:
+            self._sequence += 1
+            return self._sequence
 
     def _summed_into_waiting(self, message: OutboundMessage, targets: list[NeighborSender]) -> bool:
         """Adds `message` into the broadcast that has gone out but that no
@@ -948,6 +974,7 @@ class Outbox:
             sender.count_coalesced(self._held_sums)
         self._held_sums = 0
         self._waiting = held
+        self._waiting_version = self._held_version
         self._next_release = now + self.send_interval_s(len(held[1]))
         return [held]
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from dasgd.v1 import peer_pb2
-from peer import codec
+from peer import codec, transport
 from peer.codec import TensorSpec
 from peer.strategies.base import GOSSIP_MODEL, GRADIENT, MODEL, Incoming
 from peer.transport import (
@@ -217,6 +217,55 @@ def test_gradients_within_a_send_interval_go_to_every_neighbor_as_one_message():
         assert merged.header.clock_ticks == 3
         assert [s.stats.coalesced for s in outbox.senders()] == [2, 2, 2]
         assert [s.stats.queue_coalesced for s in outbox.senders()] == [0, 0, 0]
+    finally:
+        outbox.close()
+
+
+def test_gradients_sum_into_a_released_broadcast_no_sender_took_with_no_message_made(
+    monkeypatch,
+):
+    """Right after a broadcast is released its senders are still waking up,
+    and the trainer's next gradients are summed into it. That is done with
+    no message made for them: each made one cost the trainer's step a few
+    microseconds (Outbox 0.84 -> 0.88 of training alone in sender_cost)."""
+    made = []
+
+    class Counted(OutboundMessage):
+        def __init__(self, *args, **kwargs):
+            made.append(args[1].sequence)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(transport, "OutboundMessage", Counted)
+    outbox = Outbox(
+        "run", "me", "a:1", grpc.insecure_channel, SPECS, link_up=lambda member_id: False
+    )
+    ports = [closed_port() for _ in range(3)]
+    outbox.set_neighbors({f"n{i}": f"127.0.0.1:{ports[i]}" for i in range(2)})
+    try:
+        outbox.send(GRADIENT, values(1.0), {"me": 1})  # out at once; no sender took it
+        outbox.send(GRADIENT, values(2.0), {"me": 2})
+        outbox.send(GRADIENT, values(4.0), {"me": 3})
+        assert len(made) == 1 and outbox._held is None
+        (released,) = {id(m): m for s in outbox.senders() for m in s._queue}.values()
+        np.testing.assert_array_equal(released.arrays[0], 7.0)
+        assert released.header.clock_ticks == 3 and dict(released.header.vector_clock) == {
+            "me": 1
+        }
+        assert released.header.sequence > made[0]  # the sum takes the newest sequence
+        assert [s.stats.coalesced for s in outbox.senders()] == [2, 2]
+        # A new neighbor: the released gradient (owed to n0 and n1) takes in nothing more.
+        outbox.set_neighbors({f"n{i}": f"127.0.0.1:{ports[i]}" for i in range(3)})
+        outbox.send(GRADIENT, values(8.0), {"me": 4})
+        assert len(made) == 2
+        outbox.release_due(force=True)
+        totals = {s.member_id: [m.arrays[0][0, 0] for m in s._queue] for s in outbox.senders()}
+        assert totals == {"n0": [7.0, 8.0], "n1": [7.0, 8.0], "n2": [8.0]}
+        # Taken by a sender: final, the next gradient is held apart.
+        for sender in outbox.senders():
+            for queued_message in sender._queue:
+                queued_message.take()
+        outbox.send(GRADIENT, values(16.0), {"me": 5})
+        assert len(made) == 3 and outbox._held is not None
     finally:
         outbox.close()
 
