@@ -26,9 +26,7 @@ def refusing_address() -> Iterator[str]:
 
 def start_peer(bootstrap: str, **settings) -> PeerDaemon:
     daemon = PeerDaemon(
-        PeerConfig(
-            bootstrap=bootstrap, run_id="reach", metrics_port=0, step_delay_ms=5, **settings
-        )
+        PeerConfig(bootstrap=bootstrap, run_id="reach", metrics_port=0, step_delay_ms=5, **settings)
     )
     daemon.start()
     return daemon

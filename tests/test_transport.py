@@ -248,9 +248,7 @@ def test_gradients_sum_into_a_released_broadcast_no_sender_took_with_no_message_
         assert len(made) == 1 and outbox._held is None
         (released,) = {id(m): m for s in outbox.senders() for m in s._queue}.values()
         np.testing.assert_array_equal(released.arrays[0], 7.0)
-        assert released.header.clock_ticks == 3 and dict(released.header.vector_clock) == {
-            "me": 1
-        }
+        assert released.header.clock_ticks == 3 and dict(released.header.vector_clock) == {"me": 1}
         assert released.header.sequence > made[0]  # the sum takes the newest sequence
         assert [s.stats.coalesced for s in outbox.senders()] == [2, 2]
         # A new neighbor: the released gradient (owed to n0 and n1) takes in nothing more.
