@@ -160,8 +160,7 @@ class MembershipClient:
         if self.connected or not self.unreachable_since:
             self.unreachable_since = time.time()
         self.connected = False
-        code = error.code() if callable(getattr(error, "code", None)) else None
-        self.last_error = code.name if code is not None else type(error).__name__
+        self.last_error = error.code().name  # as its callers log it
 
     def _watch_loop(self) -> None:
         backoff = 0.2

@@ -247,7 +247,7 @@ class OutboundMessage:
         return self._header
 
     def take(self) -> OutboundMessage:
-        """Marks the message as being sent (no more `try_absorb`)."""
+        """Marks the message as being sent (no more `try_add`)."""
         with self._lock:
             self.taken = True
         return self
@@ -371,11 +371,6 @@ class OutboundMessage:
             self._owns_arrays = True
         for total, part in zip(self.arrays, arrays):
             total += part
-
-    def try_absorb(self, newer: OutboundMessage) -> bool:
-        """`absorb` unless a sender has already started on this message."""
-        theirs = newer.info
-        return self.try_add(newer.arrays, theirs.clock, theirs.clock_ticks, theirs.sequence)
 
     def try_add(
         self, arrays: list[np.ndarray], clock: dict[str, int], clock_ticks: int, sequence: int
@@ -780,7 +775,6 @@ class Outbox:
         self._held_sums = 0  # updates summed into the held one, counted when it goes
         self._neighbors_version = 0  # changes with the set of senders
         self._held_version = -1  # the set the held broadcast is for
-        self._waiting_version = -1  # the set the waiting broadcast went to
         self._next_release = 0.0
         self._lock = threading.Lock()
         # Strictly increasing across restarts of this peer, so receivers can
@@ -880,7 +874,7 @@ class Outbox:
                 offers += self._take_due(now, force=True)
                 offers.append((message, targets))
                 self._waiting = None
-            elif self._summed_into_waiting(message, targets):
+            elif self._sum_into_waiting(kind, round_, arrays, clock, clock_ticks, targets):
                 pass
             elif self._held is not None and self._held_summable(kind, round_):
                 self._held[0].absorb(message)
@@ -918,23 +912,13 @@ class Outbox:
         summable broadcast that comes before the held one is due is added to
         it, with no message made. False: `send` takes the general path."""
         with self._lock:
-            waiting = self._waiting
-            if waiting is not None and not waiting[0].taken:
+            if self._waiting is not None and not self._waiting[0].taken:
                 # Released, but no sender has started on it (they are waking
-                # up): summed into that one, as `_summed_into_waiting` would,
-                # with no message made. A held one beside it: the general path.
-                message, targets = waiting
-                if (
-                    self._held is not None
-                    or self._waiting_version != self._neighbors_version
-                    or not message.coalescible_with_kind(kind, round_)
-                ):
-                    return False
-                if not message.try_add(arrays, clock, clock_ticks, self._next_sequence()):
-                    return False
-                for sender in targets:
-                    sender.count_coalesced()
-                return True
+                # up): summed into that one. A held one beside it: the
+                # general path.
+                return self._held is None and self._sum_into_waiting(
+                    kind, round_, arrays, clock, clock_ticks, list(self._senders.values())
+                )
             if (
                 self._held is None
                 or time.monotonic() >= self._next_release
@@ -950,14 +934,25 @@ class Outbox:
             self._sequence += 1
             return self._sequence
 
-    def _summed_into_waiting(self, message: OutboundMessage, targets: list[NeighborSender]) -> bool:
-        """Adds `message` into the broadcast that has gone out but that no
-        sender has taken yet, if that goes to the same neighbors and sums
-        with it; under self._lock."""
+    def _sum_into_waiting(
+        self,
+        kind: str,
+        round_: int,
+        arrays: list[np.ndarray],
+        clock: dict[str, int],
+        clock_ticks: int,
+        targets: list[NeighborSender],
+    ) -> bool:
+        """Adds an update into the broadcast that has gone out but that no
+        sender has taken yet, if that goes to the same neighbors (`targets`)
+        and sums with it; under self._lock."""
         entry = self._waiting
-        if entry is None or entry[1] != targets or not entry[0].coalescible_with(message):
-            return False
-        if not entry[0].try_absorb(message):
+        if (
+            entry is None
+            or entry[1] != targets
+            or not entry[0].coalescible_with_kind(kind, round_)
+            or not entry[0].try_add(arrays, clock, clock_ticks, self._next_sequence())
+        ):
             return False
         for sender in targets:
             sender.count_coalesced()
@@ -974,7 +969,6 @@ class Outbox:
             sender.count_coalesced(self._held_sums)
         self._held_sums = 0
         self._waiting = held
-        self._waiting_version = self._held_version
         self._next_release = now + self.send_interval_s(len(held[1]))
         return [held]
 

@@ -862,7 +862,8 @@ def test_the_training_thread_never_waits_for_a_sender_making_frames():
     thread.start()
     holding.wait(5)
     started = time.monotonic()
-    assert busy.try_absorb(message(2)) is False
+    other = message(2)
+    assert busy.try_add(other.arrays, other.info.clock, 1, other.info.sequence) is False
     assert time.monotonic() - started < 0.5
     thread.join()
 
